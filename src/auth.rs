@@ -1,0 +1,292 @@
+//! Caller credentials: their keyed fingerprint, and GitLab's cached decisions per caller and project.
+//!
+//! The proxy never judges a credential itself: GitLab does, on the first request of a caller
+//! for a project, and the proxy remembers only that GitLab said yes, keyed by an HMAC of
+//! everything in the request that GitLab could read as a credential. Tokens themselves are
+//! never kept, logged or written anywhere.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use rand::RngCore;
+use sha2::Sha256;
+use tokio::time::Instant;
+
+use crate::route::Api;
+
+/// Headers GitLab reads credentials from (any API, any era).
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "private-token",
+    "job-token",
+    "deploy-token",
+    "cookie",
+];
+/// Query parameters GitLab reads credentials from.
+const CREDENTIAL_PARAMS: [&str; 3] = ["private_token", "job_token", "access_token"];
+
+/// The secret the proxy fingerprints credentials with.
+#[derive(Clone)]
+pub struct FingerprintKey(Arc<[u8; 32]>);
+
+impl fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintKey(<redacted>)")
+    }
+}
+
+impl FingerprintKey {
+    /// A fresh random key (tests, or a proxy that persists nothing).
+    pub fn random() -> FingerprintKey {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        FingerprintKey(Arc::new(key))
+    }
+
+    /// Loads the key from `path`, creating it (mode 0600) on first start, so fingerprints
+    /// stay comparable across restarts.
+    pub fn load_or_create(path: &Path) -> std::io::Result<FingerprintKey> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} must hold exactly 32 bytes", path.display()),
+                    )
+                })?;
+                Ok(FingerprintKey(Arc::new(key)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = FingerprintKey::random();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options.open(path)?;
+                file.write_all(key.0.as_slice())?;
+                file.sync_all()?;
+                Ok(key)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A keyed digest of a caller's credentials; equal for equal credentials, useless without the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A short form for logs: enough to correlate requests, useless to an attacker.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.short())
+    }
+}
+
+/// Who is calling, as far as the cache needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub fingerprint: Fingerprint,
+    /// True when the request carried nothing GitLab could read as a credential.
+    pub anonymous: bool,
+}
+
+impl Caller {
+    /// Fingerprints every credential-bearing header and query parameter of a request.
+    ///
+    /// Each API reads a different subset (the gems API ignores `Private-Token`, the Go API
+    /// ignores a raw `Authorization`), but fingerprinting all of them is never wrong: two
+    /// requests share a decision only if GitLab saw the very same credentials in both.
+    pub fn from_request(key: &FingerprintKey, headers: &HeaderMap, query: Option<&str>) -> Caller {
+        // new_from_slice accepts keys of any length for HMAC, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.0.as_slice())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut anonymous = true;
+        for name in CREDENTIAL_HEADERS {
+            for value in headers.get_all(name) {
+                anonymous = false;
+                feed(&mut mac, b"h", name.as_bytes(), value.as_bytes());
+            }
+        }
+        if let Some(query) = query {
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                if CREDENTIAL_PARAMS.contains(&name.as_ref()) {
+                    anonymous = false;
+                    feed(&mut mac, b"q", name.as_bytes(), value.as_bytes());
+                }
+            }
+        }
+        Caller {
+            fingerprint: Fingerprint(mac.finalize().into_bytes().into()),
+            anonymous,
+        }
+    }
+}
+
+/// Length-prefixes each part so that no two different credential sets digest alike.
+fn feed(mac: &mut Hmac<Sha256>, kind: &[u8], name: &[u8], value: &[u8]) {
+    mac.update(kind);
+    for part in [name, value] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+}
+
+/// What an authorization decision is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    pub caller: Fingerprint,
+    /// The project as named in the URL (an id and a path name the same project but are
+    /// kept apart: the proxy cannot know they are the same without asking GitLab).
+    pub project: Arc<str>,
+    pub api: Api,
+}
+
+/// GitLab's "yes" to (caller, project, API), remembered for `ttl`.
+///
+/// Only acceptance is remembered: a refusal is answered from GitLab every time, so it is
+/// always exactly what GitLab says and never reaches another caller.
+#[derive(Clone)]
+pub struct Gate {
+    accepted: moka::future::Cache<DecisionKey, Instant>,
+    ttl: Duration,
+}
+
+impl Gate {
+    pub fn new(ttl: Duration, max_decisions: u64) -> Gate {
+        Gate {
+            // moka bounds the table; freshness is checked against tokio's clock below so
+            // that it follows paused time in tests.
+            accepted: moka::future::Cache::builder()
+                .max_capacity(max_decisions)
+                .time_to_idle(ttl.saturating_mul(2).max(Duration::from_secs(1)))
+                .build(),
+            ttl,
+        }
+    }
+
+    /// Whether GitLab accepted this caller for this project within the TTL.
+    pub async fn is_accepted(&self, key: &DecisionKey) -> bool {
+        match self.accepted.get(key).await {
+            Some(at) if at.elapsed() < self.ttl => true,
+            Some(_) => {
+                self.accepted.invalidate(key).await;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records that GitLab just answered this caller successfully for this project.
+    pub async fn accept(&self, key: DecisionKey) {
+        self.accepted.insert(key, Instant::now()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn caller(
+        key: &FingerprintKey,
+        headers: &[(&'static str, &'static str)],
+        query: Option<&str>,
+    ) -> Caller {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        Caller::from_request(key, &map, query)
+    }
+
+    #[test]
+    fn fingerprints_separate_credentials() {
+        let key = FingerprintKey::random();
+        let anon = caller(&key, &[], None);
+        assert!(anon.anonymous);
+        assert_eq!(anon, caller(&key, &[("accept", "*/*")], Some("gems=rack")));
+        let pat = caller(&key, &[("private-token", "glpat-a")], None);
+        assert!(!pat.anonymous);
+        assert_ne!(pat.fingerprint, anon.fingerprint);
+        assert_ne!(
+            pat.fingerprint,
+            caller(&key, &[("private-token", "glpat-b")], None).fingerprint
+        );
+        assert_ne!(
+            pat.fingerprint,
+            caller(&key, &[("job-token", "glpat-a")], None).fingerprint
+        );
+        assert_ne!(
+            pat.fingerprint,
+            caller(&key, &[], Some("private_token=glpat-a")).fingerprint
+        );
+        assert_eq!(
+            caller(&key, &[], Some("private_token=glpat-a&x=1")).fingerprint,
+            caller(&key, &[], Some("x=2&private_token=glpat-a")).fingerprint
+        );
+        // Same token, another key: another fingerprint, so a stolen store reveals nothing.
+        let other = FingerprintKey::random();
+        assert_ne!(
+            pat.fingerprint,
+            caller(&other, &[("private-token", "glpat-a")], None).fingerprint
+        );
+        assert!(!format!("{pat:?}").contains("glpat"));
+        assert!(!format!("{key:?}").contains(&hex::encode(key.0.as_slice())));
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let a = FingerprintKey::load_or_create(&path).unwrap();
+        let b = FingerprintKey::load_or_create(&path).unwrap();
+        assert_eq!(a.0, b.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+        }
+        std::fs::write(&path, b"short").unwrap();
+        assert!(FingerprintKey::load_or_create(&path).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decisions_expire_on_tokio_time() {
+        let gate = Gate::new(Duration::from_secs(60), 100);
+        let key = DecisionKey {
+            caller: caller(&FingerprintKey::random(), &[], None).fingerprint,
+            project: Arc::from("42"),
+            api: Api::Go,
+        };
+        assert!(!gate.is_accepted(&key).await);
+        gate.accept(key.clone()).await;
+        assert!(gate.is_accepted(&key).await);
+        let other_api = DecisionKey {
+            api: Api::RubyGems,
+            ..key.clone()
+        };
+        assert!(!gate.is_accepted(&other_api).await);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!gate.is_accepted(&key).await);
+    }
+}

@@ -1,0 +1,672 @@
+//! One typed configuration tree, layered defaults < TOML file < environment < command-line flags.
+//!
+//! Environment variables and flags are both read by clap (every flag names its
+//! `GITLAB_PKG_CACHE_*` variable, and clap lets a flag win over its variable); figment then
+//! lays those values over the TOML file, so there is exactly one merge and one parser per
+//! setting: a duration or size given on the command line goes through the same serde
+//! deserializer as the same setting in the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable the proxy reads.
+pub const ENV_PREFIX: &str = "GITLAB_PKG_CACHE_";
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Directory for the artifact store and the proxy's secret key.
+    pub data_dir: PathBuf,
+    pub upstream: UpstreamConfig,
+    pub tls: TlsConfig,
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+/// The GitLab instance behind the proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of GitLab, e.g. `https://gitlab.example.com` (a relative URL root is kept).
+    pub url: Option<UpstreamUrl>,
+    /// Extra PEM file of CA certificates trusted for GitLab (in-house CAs), on top of the
+    /// webpki and system roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for GitLab to answer with response headers.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest silence allowed between two pieces of a response body.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Redirects followed for downloads (GitLab sends gems to object storage with a 302).
+    pub max_redirects: u8,
+    /// Idle pooled connections kept per host.
+    pub pool_max_idle: usize,
+}
+
+/// TLS for the proxy's own listener; both files or neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Limits of the proxy's own listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Time a client has to send its request headers (and finish a TLS handshake).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request body accepted (gem uploads); GitLab's own default limit is 3 GB.
+    pub max_upload_bytes: ByteSize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Freshness and size of the in-memory tier and of authorization decisions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long `@v/list`, dependency answers and spec indexes are served without asking GitLab.
+    #[serde(with = "humantime_serde")]
+    pub metadata_ttl: Duration,
+    /// How long GitLab's acceptance of a caller for a project is trusted.
+    #[serde(with = "humantime_serde")]
+    pub auth_ttl: Duration,
+    /// Bound of the in-memory tier (bodies plus headers).
+    pub memory_max_bytes: ByteSize,
+    /// Larger metadata answers are passed through without being kept in memory.
+    pub memory_entry_max_bytes: ByteSize,
+}
+
+/// The on-disk artifact store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Disk budget for stored artifacts; least recently used ones are evicted beyond it.
+    pub max_bytes: ByteSize,
+    /// Evict until at least this much space is free on the store's filesystem.
+    pub min_free_bytes: ByteSize,
+    /// sled's page cache.
+    pub sled_cache_bytes: ByteSize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `gitlab_pkg_cache=debug`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("gitlab-pkg-cache-data"),
+            upstream: UpstreamConfig::default(),
+            tls: TlsConfig::default(),
+            server: ServerConfig::default(),
+            cache: CacheConfig::default(),
+            store: StoreConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
+            max_redirects: 5,
+            pool_max_idle: 32,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(10),
+            max_upload_bytes: ByteSize::gib(3),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            metadata_ttl: Duration::from_secs(60),
+            auth_ttl: Duration::from_secs(300),
+            memory_max_bytes: ByteSize::mib(256),
+            memory_entry_max_bytes: ByteSize::mib(16),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_bytes: ByteSize::gib(20),
+            min_free_bytes: ByteSize::gib(1),
+            sled_cache_bytes: ByteSize::mib(64),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// GitLab's base URL: `http` or `https`, a host, an optional path prefix, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UpstreamUrl {
+    uri: http::Uri,
+}
+
+impl UpstreamUrl {
+    pub fn scheme(&self) -> &str {
+        self.uri.scheme_str().unwrap_or("http")
+    }
+
+    pub fn authority(&self) -> &http::uri::Authority {
+        // Validated in `TryFrom`: an upstream URL always has an authority.
+        self.uri
+            .authority()
+            .unwrap_or_else(|| unreachable!("validated upstream URL has an authority"))
+    }
+
+    /// The relative URL root (`""` or `/gitlab`), without a trailing slash.
+    pub fn path_prefix(&self) -> &str {
+        self.uri.path().trim_end_matches('/')
+    }
+
+    /// The full URL of `path_and_query` (which starts with `/`) on GitLab.
+    pub fn join(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        http::Uri::builder()
+            .scheme(self.scheme())
+            .authority(self.authority().as_str())
+            .path_and_query(format!("{}{}", self.path_prefix(), path_and_query))
+            .build()
+    }
+}
+
+impl TryFrom<String> for UpstreamUrl {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let uri: http::Uri = value
+            .parse()
+            .map_err(|e| format!("upstream URL {value:?} is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(format!(
+                    "upstream URL {value:?} must start with http:// or https://"
+                ))
+            }
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(format!("upstream URL {value:?} has no host"));
+        };
+        if authority.as_str().contains('@') {
+            // Credentials in the URL would be used for every caller: GitLab must see the
+            // caller's own credentials, so this is refused outright.
+            return Err("upstream URL must not contain credentials".to_owned());
+        }
+        if uri.query().is_some() {
+            return Err(format!("upstream URL {value:?} must not have a query"));
+        }
+        Ok(UpstreamUrl { uri })
+    }
+}
+
+impl From<UpstreamUrl> for String {
+    fn from(value: UpstreamUrl) -> Self {
+        value.uri.to_string().trim_end_matches('/').to_owned()
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Figment(#[from] Box<figment::Error>),
+}
+
+impl Config {
+    /// Layers the file named by `--config` (if any) under the environment and flags.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &overrides.config {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        for (key, value) in overrides.pairs() {
+            figment = figment.merge(Serialized::global(key, value));
+        }
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (used by tests and `config check`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstream.url.is_none() {
+            return Err(ConfigError::Invalid(
+                "no upstream: set --upstream, GITLAB_PKG_CACHE_UPSTREAM or upstream.url".to_owned(),
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert_file and tls.key_file must be given together".to_owned(),
+            ));
+        }
+        if self.cache.memory_entry_max_bytes > self.cache.memory_max_bytes {
+            return Err(ConfigError::Invalid(
+                "cache.memory_entry_max_bytes exceeds cache.memory_max_bytes".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The upstream URL; `validate` guarantees it is set.
+    pub fn upstream_url(&self) -> &UpstreamUrl {
+        self.upstream
+            .url
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("validated config has an upstream URL"))
+    }
+
+    /// Where the artifact store lives.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// Where the proxy keeps the key it fingerprints credentials with.
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join("credential-hmac.key")
+    }
+
+    /// A configuration for tests: loopback listener, the given upstream and data directory.
+    pub fn for_tests(upstream: &str, data_dir: &Path) -> Result<Config, ConfigError> {
+        let url = UpstreamUrl::try_from(upstream.to_owned()).map_err(ConfigError::Invalid)?;
+        let config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_owned(),
+            upstream: UpstreamConfig {
+                url: Some(url),
+                connect_timeout: Duration::from_secs(2),
+                response_timeout: Duration::from_secs(10),
+                body_idle_timeout: Duration::from_secs(5),
+                ..UpstreamConfig::default()
+            },
+            ..Config::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Command line of the `gitlab-pkg-cache` binary.
+#[derive(Debug, Parser)]
+#[command(name = "gitlab-pkg-cache", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Print the effective configuration as TOML and exit.
+    Config,
+}
+
+/// Every setting that can come from a flag or its environment variable.
+///
+/// Values stay strings here: they are handed to the same deserializer as the TOML file.
+#[derive(Debug, Default, Args)]
+pub struct Overrides {
+    /// TOML configuration file (lowest precedence, under environment and flags).
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub listen: Option<String>,
+    /// GitLab base URL, e.g. https://gitlab.example.com (required).
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM",
+        value_name = "URL"
+    )]
+    pub upstream: Option<String>,
+    /// Data directory (artifact store, key) [default: ./gitlab-pkg-cache-data].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub data_dir: Option<String>,
+    /// Extra PEM CA bundle trusted for GitLab's certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub upstream_ca_file: Option<String>,
+    /// Connect timeout towards GitLab [default: 5s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_connect_timeout: Option<String>,
+    /// Time GitLab has to send response headers [default: 60s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_RESPONSE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_response_timeout: Option<String>,
+    /// Longest pause inside a response body from GitLab [default: 30s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_BODY_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_body_idle_timeout: Option<String>,
+    /// Certificate chain (PEM) to serve HTTPS with.
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<String>,
+    /// Private key (PEM) to serve HTTPS with.
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<String>,
+    /// Time a client has to send its request headers [default: 10s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Option<String>,
+    /// Largest accepted upload body [default: 3 GiB].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_MAX_UPLOAD_BYTES",
+        value_name = "SIZE"
+    )]
+    pub max_upload_bytes: Option<String>,
+    /// Drain time for in-flight requests at shutdown [default: 30s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_SHUTDOWN_GRACE",
+        value_name = "DURATION"
+    )]
+    pub shutdown_grace: Option<String>,
+    /// Freshness of cached lists, dependency answers and spec indexes [default: 60s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_METADATA_TTL",
+        value_name = "DURATION"
+    )]
+    pub metadata_ttl: Option<String>,
+    /// How long GitLab's acceptance of a caller for a project is trusted [default: 5m].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_AUTH_TTL",
+        value_name = "DURATION"
+    )]
+    pub auth_ttl: Option<String>,
+    /// Memory bound of the metadata tier [default: 256 MiB].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_MEMORY_MAX_BYTES",
+        value_name = "SIZE"
+    )]
+    pub memory_max_bytes: Option<String>,
+    /// Disk budget for stored artifacts [default: 20 GiB].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_CACHE_MAX_BYTES",
+        value_name = "SIZE"
+    )]
+    pub cache_max_bytes: Option<String>,
+    /// Keep at least this much disk free, evicting artifacts [default: 1 GiB].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_MIN_FREE_BYTES",
+        value_name = "SIZE"
+    )]
+    pub min_free_bytes: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, env = "GITLAB_PKG_CACHE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `gitlab_pkg_cache=debug` [default: info].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_LOG",
+        value_name = "FILTER"
+    )]
+    pub log: Option<String>,
+}
+
+impl Overrides {
+    /// The settings given, as `(dotted key, value)` pairs for figment.
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let strings: [(&'static str, &Option<String>); 18] = [
+            ("listen", &self.listen),
+            ("upstream.url", &self.upstream),
+            ("data_dir", &self.data_dir),
+            ("upstream.ca_file", &self.upstream_ca_file),
+            ("upstream.connect_timeout", &self.upstream_connect_timeout),
+            ("upstream.response_timeout", &self.upstream_response_timeout),
+            (
+                "upstream.body_idle_timeout",
+                &self.upstream_body_idle_timeout,
+            ),
+            ("tls.cert_file", &self.tls_cert),
+            ("tls.key_file", &self.tls_key),
+            ("server.header_read_timeout", &self.header_read_timeout),
+            ("server.max_upload_bytes", &self.max_upload_bytes),
+            ("server.shutdown_grace", &self.shutdown_grace),
+            ("cache.metadata_ttl", &self.metadata_ttl),
+            ("cache.auth_ttl", &self.auth_ttl),
+            ("cache.memory_max_bytes", &self.memory_max_bytes),
+            ("store.max_bytes", &self.cache_max_bytes),
+            ("store.min_free_bytes", &self.min_free_bytes),
+            ("log.filter", &self.log),
+        ];
+        let mut pairs: Vec<(&'static str, String)> = strings
+            .into_iter()
+            .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+            .collect();
+        if let Some(format) = self.log_format {
+            let name = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            pairs.push(("log.format", name.to_owned()));
+        }
+        pairs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Overrides {
+        let mut argv = vec!["gitlab-pkg-cache"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.overrides,
+            Err(e) => panic!("arguments rejected: {e}"),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[upstream]\nurl = \"https://file.example\"\n[cache]\nmetadata_ttl = \"2m\"\n",
+        )
+        .unwrap();
+        let overrides = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--upstream",
+            "https://flag.example/gitlab/",
+            "--auth-ttl",
+            "90s",
+            "--max-upload-bytes",
+            "10 MiB",
+        ]);
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(
+            config.listen.port(),
+            9000,
+            "file value kept where no flag is given"
+        );
+        assert_eq!(config.cache.metadata_ttl, Duration::from_secs(120));
+        assert_eq!(config.cache.auth_ttl, Duration::from_secs(90));
+        assert_eq!(config.server.max_upload_bytes, ByteSize::mib(10));
+        let url = config.upstream_url();
+        assert_eq!(url.authority().as_str(), "flag.example");
+        assert_eq!(url.path_prefix(), "/gitlab");
+        assert_eq!(
+            url.join("/api/v4/projects/a%2Fb/packages/go/x/@v/list")
+                .unwrap()
+                .to_string(),
+            "https://flag.example/gitlab/api/v4/projects/a%2Fb/packages/go/x/@v/list"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        for (toml, needle) in [
+            ("", "no upstream"),
+            ("[upstream]\nurl = \"ftp://x\"", "http:// or https://"),
+            (
+                "[upstream]\nurl = \"https://user:secret@x\"",
+                "must not contain credentials",
+            ),
+            (
+                "[upstream]\nurl = \"https://x\"\n[cache]\nauth_ttl = \"soon\"",
+                "auth_ttl",
+            ),
+            (
+                "[upstream]\nurl = \"https://x\"\nlisten = \"nowhere\"",
+                "listen",
+            ),
+            (
+                "[upstream]\nurl = \"https://x\"\n[tls]\ncert_file = \"a.pem\"",
+                "together",
+            ),
+            ("[upstream]\nurl = \"https://x\"\nunknown = 1", "unknown"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml:?}: {err}");
+            assert!(!err.contains("secret"), "secret echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let config = Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"").unwrap();
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert!(config.cache.memory_entry_max_bytes <= config.cache.memory_max_bytes);
+    }
+}

@@ -1,0 +1,34 @@
+//! gitlab-pkg-cache: a caching reverse proxy for GitLab's Go module proxy and RubyGems APIs.
+//!
+//! It serves the same paths as GitLab, authenticates every caller the way GitLab does by
+//! asking GitLab (the policy engine), and keeps what it may: lists and dependency answers in
+//! memory, immutable artifacts on disk.
+//!
+//! # Layout
+//!
+//! Data flows one way: listener → service → route → auth → cache → (storage | upstream).
+//!
+//! - [`config`]: one typed tree, TOML < environment < flags.
+//! - [`telemetry`]: log set-up and the access-log event.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain.
+//! - [`state`]: everything built once at start-up.
+//! - [`service`]: the request flow and `x-cache`.
+//! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
+//! - [`auth`]: credential fingerprints and GitLab's remembered decisions.
+//! - [`cache`]: the memory tier and cache outcomes.
+//! - [`upstream`]: the pooled client towards GitLab.
+//! - [`error`]: one error type and its one status map; [`body`]: body plumbing; [`tls`].
+
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

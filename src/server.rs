@@ -1,0 +1,143 @@
+//! The listener: accepts TCP (and TLS) connections, serves HTTP/1.1 and HTTP/2 with hyper's
+//! auto builder, and drains in-flight requests within a bound when asked to stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::service;
+use crate::state::AppState;
+
+/// Serves on `listener` until `shutdown` completes, then drains for at most
+/// `server.shutdown_grace`.
+pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.server.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let service = service_fn({
+                        let state = state.clone();
+                        move |request| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(service::handle(state, request, peer).await) }
+                        }
+                    });
+                    let served = match &state.tls {
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                state.config.server.header_read_timeout,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(tls)) => {
+                                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                                    watcher.watch(conn.into_owned()).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let grace = state.config.server.shutdown_grace;
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, draining requests in flight"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over, cutting remaining connections"),
+    }
+}
+
+/// A proxy running in the background (tests, examples, benchmarks).
+pub struct Running {
+    pub addr: SocketAddr,
+    scheme: &'static str,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Binds `state.config.listen` (port 0 picks a free port) and serves in a task.
+    pub async fn start(state: Arc<AppState>) -> std::io::Result<Running> {
+        let listener = TcpListener::bind(state.config.listen).await?;
+        let addr = listener.local_addr()?;
+        let scheme = if state.tls.is_some() { "https" } else { "http" };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Ok(Running {
+            addr,
+            scheme,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` (or https).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// Stops accepting, drains, and waits for the server task to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -1,0 +1,313 @@
+//! The request flow: Endpoint → authorization gate → cache tier or GitLab → response with
+//! `x-cache`, and one access-log event per request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+use crate::auth::{Caller, DecisionKey};
+use crate::body::{self, collect_limited, Body, BodyError, Collected, Prefixed};
+use crate::cache::memory::CachedResponse;
+use crate::cache::CacheOutcome;
+use crate::error::Error;
+use crate::route::{CacheClass, Endpoint, PackageRoute};
+use crate::state::AppState;
+use crate::telemetry::{AccessLog, LoggedBody};
+use crate::upstream::{forward_headers, UpstreamRequest};
+
+/// A response and how it came to be.
+pub struct Handled {
+    pub response: Response<Body>,
+    pub outcome: CacheOutcome,
+    /// Time GitLab took to answer with headers, when GitLab was asked.
+    pub upstream: Option<Duration>,
+}
+
+impl Handled {
+    fn new(response: Response<Body>, outcome: CacheOutcome, upstream: Option<Duration>) -> Handled {
+        Handled {
+            response,
+            outcome,
+            upstream,
+        }
+    }
+}
+
+/// Serves one request. Never fails: every error becomes its response here.
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let endpoint = Endpoint::parse(&method, request.uri());
+    let (route_name, path) = match &endpoint {
+        Ok(Endpoint::Package(route)) => (route.name(), route.path().to_owned()),
+        Ok(Endpoint::Health) => ("healthz", request.uri().path().to_owned()),
+        Ok(Endpoint::Ready) => ("readyz", request.uri().path().to_owned()),
+        // The path of an unrouted request is not logged in full: it may be anything.
+        Err(_) => ("unrouted", truncate(request.uri().path(), 256)),
+    };
+    let result = match endpoint {
+        Ok(Endpoint::Package(route)) => package(&state, route, request, peer.ip()).await,
+        Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n")),
+        Ok(Endpoint::Ready) => Ok(plain(StatusCode::OK, "ready\n")),
+        Err(e) => Err(Error::Route(e)),
+    };
+    let handled = result.unwrap_or_else(|e| {
+        let outcome = match e {
+            Error::Route(_) | Error::PayloadTooLarge => CacheOutcome::Local,
+            _ => CacheOutcome::Miss,
+        };
+        if e.status().is_server_error() {
+            tracing::warn!(route = route_name, %path, error = %e, "request failed");
+        }
+        Handled::new(e.to_response(), outcome, None)
+    });
+    let Handled {
+        response,
+        outcome,
+        upstream,
+    } = handled;
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    let log = AccessLog {
+        method,
+        route: route_name,
+        path,
+        status: parts.status.as_u16(),
+        outcome,
+        upstream,
+        started,
+    };
+    Response::from_parts(parts, body::boxed(LoggedBody::new(body, log)))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Handled {
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Handled::new(response, CacheOutcome::Local, None)
+}
+
+async fn package(
+    state: &AppState,
+    route: PackageRoute,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let caller = Caller::from_request(&state.key, request.headers(), request.uri().query());
+    let decision = DecisionKey {
+        caller: caller.fingerprint,
+        project: Arc::from(route.project.as_raw()),
+        api: route.api(),
+    };
+    match route.cache_class() {
+        CacheClass::Metadata => metadata(state, &route, &decision, request, client).await,
+        // Artifacts are relayed until the on-disk store takes them; a success still
+        // records GitLab's acceptance of the caller.
+        CacheClass::Artifact => relay_route(state, &route, Some(&decision), request, client).await,
+        CacheClass::PassThrough => relay_route(state, &route, None, request, client).await,
+        CacheClass::Upload => upload(state, &route, request, client).await,
+    }
+}
+
+/// Lists, dependency answers and spec indexes: memory tier behind the authorization gate.
+async fn metadata(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let head = request.method() == Method::HEAD;
+    let headers = forward_headers(request.headers(), client, true);
+    let key = route.content_key();
+    if let Some(entry) = state.memory.get_fresh(&key).await {
+        if state.gate.is_accepted(decision).await {
+            return Ok(serve_cached(&entry, head, CacheOutcome::Hit, None));
+        }
+        if !route.is_own_probe() {
+            let (probe, took) = state
+                .upstream
+                .send(get(route.probe_path_and_query(), headers, false))
+                .await?;
+            if probe.status() == StatusCode::OK {
+                state.gate.accept(decision.clone()).await;
+                return Ok(serve_cached(&entry, head, CacheOutcome::Hit, Some(took)));
+            }
+            // GitLab authorizes before it looks at the resource, so its refusal of the
+            // probe is its refusal of this request: relay it, and nothing from the cache.
+            return Ok(Handled::new(
+                relay(probe, head),
+                CacheOutcome::Refused,
+                Some(took),
+            ));
+        }
+    }
+    let (response, took) = state
+        .upstream
+        .send(get(route.path_and_query(), headers, true))
+        .await?;
+    if response.status() != StatusCode::OK {
+        return Ok(Handled::new(
+            relay(response, head),
+            CacheOutcome::Miss,
+            Some(took),
+        ));
+    }
+    state.gate.accept(decision.clone()).await;
+    let (parts, incoming) = response.into_parts();
+    let limit =
+        usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
+    match collect_limited(incoming, limit).await.map_err(body_error)? {
+        Collected::Complete(bytes) => {
+            let entry = Arc::new(CachedResponse::new(&parts.headers, bytes));
+            state.memory.insert(key, entry.clone()).await;
+            Ok(serve_cached(&entry, head, CacheOutcome::Miss, Some(took)))
+        }
+        Collected::TooLarge { prefix, rest } => {
+            let response = Response::from_parts(parts, Prefixed::new(prefix, rest));
+            Ok(Handled::new(
+                relay(response, head),
+                CacheOutcome::Bypass,
+                Some(took),
+            ))
+        }
+    }
+}
+
+/// Forwards a read to GitLab as it came and streams the answer back.
+async fn relay_route(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: Option<&DecisionKey>,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let upstream_request = UpstreamRequest {
+        method: request.method().clone(),
+        path_and_query: route.path_and_query(),
+        headers: forward_headers(request.headers(), client, false),
+        body: body::empty(),
+        follow_redirects: true,
+    };
+    let (response, took) = state.upstream.send(upstream_request).await?;
+    if let Some(decision) = decision {
+        if response.status() == StatusCode::OK {
+            state.gate.accept(decision.clone()).await;
+        }
+    }
+    Ok(Handled::new(
+        relay(response, false),
+        CacheOutcome::Bypass,
+        Some(took),
+    ))
+}
+
+/// `gem push`: the body streams to GitLab, bounded, never buffered whole.
+async fn upload(
+    state: &AppState,
+    route: &PackageRoute,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let limit = state.config.server.max_upload_bytes.as_u64();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Error::PayloadTooLarge);
+    }
+    let headers = forward_headers(request.headers(), client, false);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let upstream_request = UpstreamRequest {
+        method: request.method().clone(),
+        path_and_query: route.path_and_query(),
+        headers,
+        body: body::boxed(Limited::new(request.into_body(), limit)),
+        follow_redirects: false,
+    };
+    let (response, took) = state.upstream.send(upstream_request).await?;
+    Ok(Handled::new(
+        relay(response, false),
+        CacheOutcome::Bypass,
+        Some(took),
+    ))
+}
+
+fn get(
+    path_and_query: String,
+    headers: http::HeaderMap,
+    follow_redirects: bool,
+) -> UpstreamRequest {
+    UpstreamRequest {
+        method: Method::GET,
+        path_and_query,
+        headers,
+        body: body::empty(),
+        follow_redirects,
+    }
+}
+
+/// GitLab's answer, streamed back as it arrives (without a body for HEAD requests that were
+/// fetched upstream as GET).
+fn relay<B>(response: Response<B>, strip_body: bool) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let (parts, incoming) = response.into_parts();
+    let body = if strip_body {
+        body::empty()
+    } else {
+        body::boxed(incoming)
+    };
+    Response::from_parts(parts, body)
+}
+
+fn serve_cached(
+    entry: &CachedResponse,
+    head: bool,
+    outcome: CacheOutcome,
+    upstream: Option<Duration>,
+) -> Handled {
+    let mut response = Response::new(if head {
+        body::empty()
+    } else {
+        body::full(entry.body.clone())
+    });
+    let headers = response.headers_mut();
+    for (name, value) in &entry.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    Handled::new(response, outcome, upstream)
+}
+
+fn body_error(e: BodyError) -> Error {
+    match e {
+        BodyError::Idle(after) => Error::UpstreamTimeout(after),
+        BodyError::Upstream(e) => Error::UpstreamProtocol(e.to_string()),
+    }
+}

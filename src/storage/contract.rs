@@ -1,0 +1,517 @@
+//! The `ArtifactStore` contract, written once and run against `MemoryStore` and `SledStore`.
+
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::codec;
+use super::engine::{Backend, Engine, Tree};
+use super::{
+    ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, MemoryStore,
+    SledStore, StoreError, Usage, FORMAT_VERSION,
+};
+
+pub(super) fn temp_sled() -> (SledStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("db"), 8 << 20).unwrap();
+    (store, dir)
+}
+
+pub(super) fn commit_for(data: &[u8]) -> Commit {
+    Commit {
+        len: data.len() as u64,
+        sha256: Sha256::digest(data).into(),
+        headers: vec![("content-type".into(), "application/zip".into())],
+    }
+}
+
+pub(super) fn store_artifact(s: &dyn ArtifactStore, key: &str, chunks: &[&[u8]]) -> ArtifactMeta {
+    let fill = s.begin_fill(key).unwrap();
+    for (index, chunk) in chunks.iter().enumerate() {
+        s.write_chunk(fill, index as u32, chunk).unwrap();
+    }
+    s.commit_fill(key, fill, commit_for(&chunks.concat()))
+        .unwrap()
+}
+
+pub(super) fn read_all(s: &dyn ArtifactStore, meta: &ArtifactMeta) -> Vec<u8> {
+    (0..meta.chunk_count)
+        .flat_map(|index| s.read_chunk(meta.fill, index).unwrap().unwrap())
+        .collect()
+}
+
+/// Chunks physically present, whether or not the store would still serve them.
+pub(super) fn chunks_on_disk<B: Backend>(s: &Engine<B>, fill: FillId) -> usize {
+    let mut count = 0;
+    s.raw()
+        .scan(Tree::Chunks, &codec::fill_key(fill), &mut |_, _| count += 1)
+        .unwrap();
+    count
+}
+
+macro_rules! contract_tests {
+    ($make:expr) => {
+        contract_tests!(@cases $make;
+            lookup_of_absent_key_is_none,
+            committed_artifact_reads_back,
+            in_progress_fill_is_readable_but_invisible,
+            commit_with_wrong_length_is_rejected,
+            commit_with_wrong_sha_is_rejected_and_keeps_old_artifact,
+            out_of_order_write_is_rejected,
+            abort_leaves_nothing,
+            replacement_publishes_new_fill_and_drops_old,
+            remove_unpublishes_and_deletes_chunks,
+            pin_defers_deletion_on_remove,
+            pin_defers_deletion_on_replace,
+            pin_defers_deletion_on_evict,
+            pin_defers_deletion_on_abort,
+            pin_of_deleted_fill_is_none,
+            eviction_removes_least_recently_touched_first,
+            usage_tracks_commits_replacements_and_removals,
+            records_put_get_remove,
+            unknown_format_version_reads_as_absent,
+            damaged_chunk_reads_as_corrupt,
+            concurrent_commits_keep_disk_and_memory_in_step,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let (store, _dir) = $make;
+                super::$case(&store);
+            }
+        )*
+    };
+}
+
+mod memory {
+    use super::*;
+    contract_tests!((MemoryStore::new(), ()));
+}
+
+mod sled {
+    use super::*;
+    contract_tests!(temp_sled());
+}
+
+fn lookup_of_absent_key_is_none<B: Backend>(s: &Engine<B>) {
+    assert_eq!(s.lookup("golang.org/x/mod/@v/v0.1.0.zip").unwrap(), None);
+    assert!(s.lookup_pinned("absent").unwrap().is_none());
+}
+
+fn committed_artifact_reads_back<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"hello ", b"world"]);
+    assert_eq!(meta.len, 11);
+    assert_eq!(meta.chunk_count, 2);
+    assert_eq!(
+        meta.sha256,
+        <[u8; 32]>::from(Sha256::digest(b"hello world"))
+    );
+    assert_eq!(meta.headers, commit_for(b"").headers);
+    assert!(meta.stored_at_unix > 0);
+
+    assert_eq!(s.lookup("k").unwrap(), Some(meta.clone()));
+    assert_eq!(read_all(s, &meta), b"hello world");
+    assert_eq!(s.read_chunk(meta.fill, 2).unwrap(), None);
+
+    let empty = store_artifact(s, "empty", &[]);
+    assert_eq!((empty.len, empty.chunk_count), (0, 0));
+    assert_eq!(s.lookup("empty").unwrap(), Some(empty));
+}
+
+fn in_progress_fill_is_readable_but_invisible<B: Backend>(s: &Engine<B>) {
+    let fill = s.begin_fill("k").unwrap();
+    let _pin = s.pin(fill).unwrap();
+    s.write_chunk(fill, 0, b"first").unwrap();
+    assert_eq!(s.read_chunk(fill, 0).unwrap().unwrap(), "first");
+    assert_eq!(s.read_chunk(fill, 1).unwrap(), None);
+    s.write_chunk(fill, 1, b"second").unwrap();
+    assert_eq!(s.read_chunk(fill, 1).unwrap().unwrap(), "second");
+    assert_eq!(s.lookup("k").unwrap(), None);
+    assert_eq!(s.usage(), Usage::default());
+
+    s.commit_fill("k", fill, commit_for(b"firstsecond"))
+        .unwrap();
+    assert_eq!(s.read_chunk(fill, 1).unwrap().unwrap(), "second");
+}
+
+fn commit_with_wrong_length_is_rejected<B: Backend>(s: &Engine<B>) {
+    let fill = s.begin_fill("k").unwrap();
+    s.write_chunk(fill, 0, b"truncated").unwrap();
+    let err = s
+        .commit_fill("k", fill, commit_for(b"truncated body"))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Integrity {
+            expected_len: 14,
+            got_len: 9,
+            sha256_matches: false
+        }
+    );
+    assert_eq!(s.lookup("k").unwrap(), None);
+    assert_eq!(s.usage(), Usage::default());
+    assert_eq!(s.read_chunk(fill, 0).unwrap(), None);
+    assert_eq!(chunks_on_disk(s, fill), 0);
+    assert_eq!(
+        s.write_chunk(fill, 1, b"more"),
+        Err(StoreError::UnknownFill(fill))
+    );
+}
+
+fn commit_with_wrong_sha_is_rejected_and_keeps_old_artifact<B: Backend>(s: &Engine<B>) {
+    let old = store_artifact(s, "k", &[b"good"]);
+    let fill = s.begin_fill("k").unwrap();
+    s.write_chunk(fill, 0, b"evil").unwrap();
+    let err = s.commit_fill("k", fill, commit_for(b"good")).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Integrity {
+            expected_len: 4,
+            got_len: 4,
+            sha256_matches: false
+        }
+    );
+    assert_eq!(s.lookup("k").unwrap(), Some(old.clone()));
+    assert_eq!(read_all(s, &old), b"good");
+    assert_eq!(chunks_on_disk(s, fill), 0);
+}
+
+fn out_of_order_write_is_rejected<B: Backend>(s: &Engine<B>) {
+    let fill = s.begin_fill("k").unwrap();
+    let skipped = StoreError::OutOfOrder {
+        fill,
+        expected: 0,
+        got: 1,
+    };
+    assert_eq!(s.write_chunk(fill, 1, b"b"), Err(skipped));
+    s.write_chunk(fill, 0, b"a").unwrap();
+    let repeated = StoreError::OutOfOrder {
+        fill,
+        expected: 1,
+        got: 0,
+    };
+    assert_eq!(s.write_chunk(fill, 0, b"a"), Err(repeated));
+    s.write_chunk(fill, 1, b"b").unwrap();
+    let meta = s.commit_fill("k", fill, commit_for(b"ab")).unwrap();
+    assert_eq!(read_all(s, &meta), b"ab");
+    assert_eq!(
+        s.write_chunk(FillId(u64::MAX), 0, b"x"),
+        Err(StoreError::UnknownFill(FillId(u64::MAX)))
+    );
+}
+
+fn abort_leaves_nothing<B: Backend>(s: &Engine<B>) {
+    let fill = s.begin_fill("k").unwrap();
+    s.write_chunk(fill, 0, b"partial").unwrap();
+    s.abort_fill(fill);
+    s.abort_fill(fill);
+    assert_eq!(s.read_chunk(fill, 0).unwrap(), None);
+    assert_eq!(chunks_on_disk(s, fill), 0);
+    assert_eq!(
+        s.commit_fill("k", fill, commit_for(b"partial")),
+        Err(StoreError::UnknownFill(fill))
+    );
+    assert_eq!(s.lookup("k").unwrap(), None);
+    assert_eq!(s.usage(), Usage::default());
+
+    let committed = store_artifact(s, "kept", &[b"x"]);
+    s.abort_fill(committed.fill);
+    assert_eq!(read_all(s, &committed), b"x");
+}
+
+fn replacement_publishes_new_fill_and_drops_old<B: Backend>(s: &Engine<B>) {
+    let old = store_artifact(s, "k", &[b"old"]);
+    let new = store_artifact(s, "k", &[b"newer"]);
+    assert_ne!(old.fill, new.fill);
+    assert_eq!(s.lookup("k").unwrap(), Some(new.clone()));
+    assert_eq!(read_all(s, &new), b"newer");
+    assert_eq!(s.read_chunk(old.fill, 0).unwrap(), None);
+    assert_eq!(chunks_on_disk(s, old.fill), 0);
+    assert_eq!(
+        s.usage(),
+        Usage {
+            artifacts: 1,
+            bytes: 5
+        }
+    );
+}
+
+fn remove_unpublishes_and_deletes_chunks<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"data"]);
+    assert!(s.remove("k").unwrap());
+    assert!(!s.remove("k").unwrap());
+    assert_eq!(s.lookup("k").unwrap(), None);
+    assert_eq!(s.read_chunk(meta.fill, 0).unwrap(), None);
+    assert_eq!(chunks_on_disk(s, meta.fill), 0);
+    assert_eq!(s.usage(), Usage::default());
+}
+
+/// Pins `k`'s fill twice, lets `unpublish` drop the artifact, and checks the chunks outlive
+/// the first pin but not the second.
+fn assert_pin_defers_deletion<B: Backend>(s: &Engine<B>, unpublish: impl FnOnce(&Engine<B>)) {
+    let meta = store_artifact(s, "k", &[b"one", b"two"]);
+    let first = s.pin(meta.fill).unwrap();
+    let second = s.pin(meta.fill).unwrap();
+    unpublish(s);
+    assert_ne!(s.lookup("k").unwrap().map(|m| m.fill), Some(meta.fill));
+    s.flush().unwrap();
+    assert_eq!(read_all(s, &meta), b"onetwo");
+
+    drop(first);
+    s.flush().unwrap();
+    assert_eq!(read_all(s, &meta), b"onetwo");
+
+    drop(second);
+    assert_eq!(s.read_chunk(meta.fill, 0).unwrap(), None);
+    s.flush().unwrap();
+    assert_eq!(chunks_on_disk(s, meta.fill), 0);
+}
+
+fn pin_defers_deletion_on_remove<B: Backend>(s: &Engine<B>) {
+    assert_pin_defers_deletion(s, |s| assert!(s.remove("k").unwrap()));
+}
+
+fn pin_defers_deletion_on_replace<B: Backend>(s: &Engine<B>) {
+    assert_pin_defers_deletion(s, |s| {
+        store_artifact(s, "k", &[b"replacement"]);
+    });
+}
+
+fn pin_defers_deletion_on_evict<B: Backend>(s: &Engine<B>) {
+    assert_pin_defers_deletion(s, |s| {
+        let policy = EvictionPolicy {
+            max_bytes: Some(0),
+            min_free_bytes: None,
+        };
+        let report = s.evict(&policy).unwrap();
+        assert_eq!(
+            report,
+            EvictionReport {
+                artifacts: 1,
+                bytes: 6
+            }
+        );
+    });
+}
+
+fn pin_defers_deletion_on_abort<B: Backend>(s: &Engine<B>) {
+    let fill = s.begin_fill("k").unwrap();
+    let pin = s.pin(fill).unwrap();
+    s.write_chunk(fill, 0, b"partial").unwrap();
+    s.abort_fill(fill);
+    assert_eq!(s.read_chunk(fill, 0).unwrap().unwrap(), "partial");
+    drop(pin);
+    assert_eq!(s.read_chunk(fill, 0).unwrap(), None);
+    s.flush().unwrap();
+    assert_eq!(chunks_on_disk(s, fill), 0);
+}
+
+fn pin_of_deleted_fill_is_none<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"x"]);
+    s.remove("k").unwrap();
+    assert!(s.pin(meta.fill).is_none());
+    assert!(s.pin(FillId(u64::MAX)).is_none());
+
+    let current = store_artifact(s, "k", &[b"y"]);
+    let (found, pin) = s.lookup_pinned("k").unwrap().unwrap();
+    assert_eq!((found.fill, pin.fill()), (current.fill, current.fill));
+}
+
+fn eviction_removes_least_recently_touched_first<B: Backend>(s: &Engine<B>) {
+    let ten = [0u8; 10];
+    for key in ["a", "b", "c"] {
+        store_artifact(s, key, &[&ten]);
+    }
+    s.touch("a");
+    let budget = |max_bytes| EvictionPolicy {
+        max_bytes: Some(max_bytes),
+        min_free_bytes: None,
+    };
+    let present = |s: &Engine<B>| -> Vec<&str> {
+        ["a", "b", "c", "d"]
+            .into_iter()
+            .filter(|key| s.lookup(key).unwrap().is_some())
+            .collect()
+    };
+
+    let report = s.evict(&budget(20)).unwrap();
+    assert_eq!(
+        report,
+        EvictionReport {
+            artifacts: 1,
+            bytes: 10
+        }
+    );
+    assert_eq!(present(s), ["a", "c"]);
+
+    assert_eq!(s.evict(&budget(20)).unwrap(), EvictionReport::default());
+    assert_eq!(s.evict(&EvictionPolicy::default()).unwrap().artifacts, 0);
+
+    store_artifact(s, "d", &[&ten]);
+    assert_eq!(s.evict(&budget(10)).unwrap().artifacts, 2);
+    assert_eq!(present(s), ["d"]);
+    assert_eq!(
+        s.usage(),
+        Usage {
+            artifacts: 1,
+            bytes: 10
+        }
+    );
+}
+
+fn usage_tracks_commits_replacements_and_removals<B: Backend>(s: &Engine<B>) {
+    assert_eq!(s.usage(), Usage::default());
+    store_artifact(s, "a", &[b"12345"]);
+    store_artifact(s, "b", &[b"123", b"45678"]);
+    assert_eq!(
+        s.usage(),
+        Usage {
+            artifacts: 2,
+            bytes: 13
+        }
+    );
+    store_artifact(s, "a", &[b"1"]);
+    assert_eq!(
+        s.usage(),
+        Usage {
+            artifacts: 2,
+            bytes: 9
+        }
+    );
+    let fill = s.begin_fill("c").unwrap();
+    s.write_chunk(fill, 0, b"in progress").unwrap();
+    assert_eq!(s.usage().bytes, 9);
+    s.remove("b").unwrap();
+    assert_eq!(
+        s.usage(),
+        Usage {
+            artifacts: 1,
+            bytes: 1
+        }
+    );
+}
+
+fn records_put_get_remove<B: Backend>(s: &Engine<B>) {
+    assert_eq!(s.get_record("lists", b"mod").unwrap(), None);
+    s.put_record("lists", b"mod", b"v1\nv2\n").unwrap();
+    s.put_record("auth", b"mod", b"allow").unwrap();
+    assert_eq!(s.get_record("lists", b"mod").unwrap().unwrap(), b"v1\nv2\n");
+    assert_eq!(s.get_record("auth", b"mod").unwrap().unwrap(), b"allow");
+
+    s.put_record("lists", b"mod", b"").unwrap();
+    assert_eq!(s.get_record("lists", b"mod").unwrap().unwrap(), b"");
+
+    assert!(s.remove_record("lists", b"mod").unwrap());
+    assert!(!s.remove_record("lists", b"mod").unwrap());
+    assert_eq!(s.get_record("lists", b"mod").unwrap(), None);
+    assert!(s.get_record("auth", b"mod").unwrap().is_some());
+
+    let long = "n".repeat(256);
+    assert_eq!(
+        s.put_record(&long, b"k", b"v"),
+        Err(StoreError::NamespaceTooLong)
+    );
+}
+
+fn unknown_format_version_reads_as_absent<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"data"]);
+    let mut future = codec::encode_meta(&meta).unwrap();
+    future[0] = FORMAT_VERSION + 1;
+    s.raw().insert(Tree::Artifacts, b"k", future).unwrap();
+    assert_eq!(s.lookup("k").unwrap(), None);
+    assert_eq!(s.raw().get(Tree::Artifacts, b"k").unwrap(), None);
+    assert_eq!(s.usage(), Usage::default());
+    assert_eq!(chunks_on_disk(s, meta.fill), 0);
+
+    s.raw()
+        .insert(Tree::Artifacts, b"garbled", vec![FORMAT_VERSION, b'{'])
+        .unwrap();
+    assert_eq!(s.lookup("garbled").unwrap(), None);
+
+    let key = codec::record_key("lists", b"r").unwrap();
+    s.raw()
+        .insert(Tree::Records, &key, vec![FORMAT_VERSION + 1, 1, 2])
+        .unwrap();
+    assert_eq!(s.get_record("lists", b"r").unwrap(), None);
+    assert_eq!(s.raw().get(Tree::Records, &key).unwrap(), None);
+}
+
+fn damaged_chunk_reads_as_corrupt<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"intact", b"damaged"]);
+    let key = codec::chunk_key(meta.fill, 1);
+    let mut raw = s.raw().get(Tree::Chunks, &key).unwrap().unwrap().to_vec();
+    *raw.last_mut().unwrap() ^= 0x01;
+    s.raw().insert(Tree::Chunks, &key, raw).unwrap();
+
+    assert_eq!(s.read_chunk(meta.fill, 0).unwrap().unwrap(), "intact");
+    assert!(matches!(
+        s.read_chunk(meta.fill, 1),
+        Err(StoreError::Corrupt { .. })
+    ));
+    // What the proxy does on detection: drop the artifact so the next request refetches it.
+    assert!(s.remove("k").unwrap());
+    assert_eq!(chunks_on_disk(s, meta.fill), 0);
+}
+
+fn concurrent_commits_keep_disk_and_memory_in_step<B: Backend>(s: &Engine<B>) {
+    let fills: Vec<FillId> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4u8)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut fills = Vec::new();
+                    for round in 0..10u8 {
+                        let body = [worker, round, 0, 1, 2];
+                        fills.push(store_artifact(s, "shared", &[&body[..2], &body[2..]]).fill);
+                        let own = store_artifact(s, &format!("own-{worker}"), &[&body]);
+                        fills.push(own.fill);
+                        if let Some((meta, _pin)) = s.lookup_pinned("shared").unwrap() {
+                            assert_eq!(read_all(s, &meta).len(), 5);
+                        }
+                    }
+                    fills
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    s.flush().unwrap();
+
+    let live: HashSet<FillId> = ["shared", "own-0", "own-1", "own-2", "own-3"]
+        .into_iter()
+        .map(|key| s.lookup(key).unwrap().unwrap().fill)
+        .collect();
+    assert_eq!(
+        s.usage(),
+        Usage {
+            artifacts: 5,
+            bytes: 25
+        }
+    );
+    for fill in fills {
+        let on_disk = chunks_on_disk(s, fill);
+        assert_eq!(
+            on_disk > 0,
+            live.contains(&fill),
+            "fill {fill}: {on_disk} chunks"
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_chunking_round_trips(
+        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..16)
+    ) {
+        let store = MemoryStore::new();
+        let slices: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let meta = store_artifact(&store, "k", &slices);
+        prop_assert_eq!(read_all(&store, &meta), chunks.concat());
+        prop_assert_eq!(meta.chunk_count as usize, chunks.len());
+    }
+}

@@ -1,0 +1,186 @@
+//! Durable artifact storage: the `ArtifactStore` contract, its value types and its implementations.
+//!
+//! An artifact is written as a *fill*: numbered chunks streamed in order, then a commit that
+//! checks length and SHA-256 and only then publishes the record that makes the artifact visible
+//! under its key. Readers pin a fill while they stream it, so replacement, removal and eviction
+//! never pull chunks out from under them.
+
+mod codec;
+mod engine;
+mod error;
+mod facade;
+mod memory;
+mod sled_store;
+
+#[cfg(test)]
+mod contract;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::StoreError;
+pub use facade::Store;
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+/// Version byte that starts every value the store writes; values with another version are
+/// treated as absent so that a format change never turns into request errors.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Identifies one fill (one attempt at writing an artifact); never reused, even across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FillId(pub u64);
+
+impl fmt::Display for FillId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A committed artifact: where its chunks are and what to replay to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMeta {
+    pub fill: FillId,
+    pub len: u64,
+    pub sha256: [u8; 32],
+    /// Chunks are numbered `0..chunk_count`; their sizes are whatever the writer chose.
+    pub chunk_count: u32,
+    pub headers: Vec<(String, String)>,
+    pub stored_at_unix: u64,
+}
+
+/// What the writer claims it streamed; the commit fails unless the store received exactly this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub len: u64,
+    pub sha256: [u8; 32],
+    pub headers: Vec<(String, String)>,
+}
+
+/// Committed artifacts and the sum of their lengths (chunk framing and in-progress fills excluded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub artifacts: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvictionPolicy {
+    /// Budget for `Usage::bytes`.
+    pub max_bytes: Option<u64>,
+    /// Free space to keep on the filesystem holding the store; ignored by `MemoryStore`.
+    pub min_free_bytes: Option<u64>,
+}
+
+/// What one `evict` call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvictionReport {
+    pub artifacts: u64,
+    pub bytes: u64,
+}
+
+/// Keeps a fill's chunks on disk while it lives; dropping the last pin of a fill that was
+/// replaced, removed, evicted or aborted lets the store delete its chunks.
+pub struct PinGuard {
+    fill: FillId,
+    owner: Arc<dyn PinOwner>,
+}
+
+impl PinGuard {
+    pub fn fill(&self) -> FillId {
+        self.fill
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.owner.unpin(self.fill);
+    }
+}
+
+impl fmt::Debug for PinGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinGuard")
+            .field("fill", &self.fill)
+            .finish()
+    }
+}
+
+/// The store-side half of a pin, so a guard can outlive the borrow it was created from.
+trait PinOwner: Send + Sync {
+    fn unpin(&self, fill: FillId);
+}
+
+/// Synchronous artifact storage. Methods that may touch the disk block; from async code go
+/// through [`Store`]. `pin`, `touch` and `usage` only touch memory and never block on I/O.
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// The committed artifact under `key`. Absent (or unreadable, which is dropped) is `Ok(None)`.
+    fn lookup(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError>;
+
+    /// Starts a fill destined for `key`; nothing becomes visible until `commit_fill`.
+    fn begin_fill(&self, key: &str) -> Result<FillId, StoreError>;
+
+    /// Appends chunk `index`, which must be exactly the next one (0, 1, 2, …).
+    fn write_chunk(&self, fill: FillId, index: u32, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Publishes the fill under `key` if what was written matches `expected`; otherwise aborts
+    /// the fill and returns `Integrity`. Replaces any artifact previously under `key`.
+    fn commit_fill(
+        &self,
+        key: &str,
+        fill: FillId,
+        expected: Commit,
+    ) -> Result<ArtifactMeta, StoreError>;
+
+    /// Gives up a fill still being written; a no-op for committed or unknown fills.
+    fn abort_fill(&self, fill: FillId);
+
+    /// Chunk `index` of a committed or in-progress fill; `Ok(None)` if it is not (or no longer)
+    /// there. Damaged chunks are `Corrupt`, never returned as data.
+    fn read_chunk(&self, fill: FillId, index: u32) -> Result<Option<bytes::Bytes>, StoreError>;
+
+    /// Unpublishes `key` at once; its chunks go when no pin holds them. True if it existed.
+    fn remove(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Keeps `fill`'s chunks readable until the guard drops. `None` if the fill's chunks are
+    /// already gone (or the fill never existed): look the key up again.
+    fn pin(&self, fill: FillId) -> Option<PinGuard>;
+
+    /// Records a use of `key` for least-recently-used eviction.
+    fn touch(&self, key: &str);
+
+    fn usage(&self) -> Usage;
+
+    /// Removes least-recently-used artifacts until `policy` is met.
+    fn evict(&self, policy: &EvictionPolicy) -> Result<EvictionReport, StoreError>;
+
+    /// Small persisted metadata, kept apart from artifacts and never evicted.
+    fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+
+    fn get_record(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// True if the record existed.
+    fn remove_record(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError>;
+
+    /// Persists pending state (including use times for LRU) and deletes chunks whose last pin
+    /// dropped since the previous write. Call it periodically and at shutdown.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// `lookup` then `pin`, so the returned artifact's chunks stay readable for the guard's life.
+    fn lookup_pinned(&self, key: &str) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
+        // A replacement can land between the lookup and the pin; looking again finds the new
+        // record. The bound only guards against a pathological replacement storm.
+        for _ in 0..3 {
+            let Some(meta) = self.lookup(key)? else {
+                return Ok(None);
+            };
+            if let Some(pin) = self.pin(meta.fill) {
+                return Ok(Some((meta, pin)));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,251 @@
+//! `SledStore`: the store's logic over sled trees on disk.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::engine::{Backend, Engine, Tree};
+use super::StoreError;
+
+/// The persistent store. Opening it reclaims chunks of fills that a crash left uncommitted and
+/// rebuilds usage counters and LRU order from disk.
+pub type SledStore = Engine<SledBackend>;
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`. `cache_capacity_bytes` bounds sled's
+    /// page cache, which is otherwise 1 GiB.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .open()?;
+        let open = |tree: Tree| db.open_tree(tree.name());
+        let trees = [
+            open(Tree::Artifacts)?,
+            open(Tree::Chunks)?,
+            open(Tree::Fills)?,
+            open(Tree::Access)?,
+            open(Tree::Records)?,
+        ];
+        Engine::load(SledBackend {
+            db,
+            trees,
+            path: path.to_owned(),
+        })
+    }
+}
+
+pub struct SledBackend {
+    db: sled::Db,
+    /// Indexed by `Tree as usize`, in `Tree::ALL` order.
+    trees: [sled::Tree; Tree::ALL.len()],
+    path: PathBuf,
+}
+
+impl SledBackend {
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[tree as usize]
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(e) => e.into(),
+            sled::Error::Corruption { .. } => StoreError::Corrupt {
+                key_or_fill: "sled log".to_owned(),
+                detail: e.to_string(),
+            },
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .tree(tree)
+            .get(key)?
+            .map(|value| Bytes::copy_from_slice(&value)))
+    }
+
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.tree(tree).insert(key, value)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree(tree).remove(key)?.is_some())
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<(), StoreError> {
+        for entry in self.tree(tree).scan_prefix(prefix) {
+            let (key, value) = entry?;
+            visit(&key, &value);
+        }
+        Ok(())
+    }
+
+    fn generate_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn available_space(&self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(fs4::available_space(&self.path)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec;
+    use super::super::contract::{chunks_on_disk, commit_for, read_all, store_artifact, temp_sled};
+    use super::super::{ArtifactStore, EvictionPolicy, StoreError, Usage};
+    use super::*;
+
+    const CACHE: u64 = 8 << 20;
+
+    fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("db")
+    }
+
+    #[test]
+    fn reopen_keeps_artifacts_usage_and_lru_order() {
+        let (store, dir) = temp_sled();
+        let a = store_artifact(&store, "a", &[b"aaaa"]);
+        store_artifact(&store, "b", &[b"bb", b"bb"]);
+        store.touch("a");
+        store.put_record("lists", b"mod", b"v1").unwrap();
+        store.flush().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.lookup("a").unwrap(), Some(a.clone()));
+        assert_eq!(read_all(&store, &a), b"aaaa");
+        assert_eq!(
+            store.usage(),
+            Usage {
+                artifacts: 2,
+                bytes: 8
+            }
+        );
+        assert_eq!(store.get_record("lists", b"mod").unwrap().unwrap(), b"v1");
+
+        let newer = store_artifact(&store, "c", &[b"c"]);
+        assert!(newer.fill > a.fill, "fill ids must not repeat after reopen");
+        let policy = EvictionPolicy {
+            max_bytes: Some(5),
+            min_free_bytes: None,
+        };
+        store.evict(&policy).unwrap();
+        assert!(
+            store.lookup("b").unwrap().is_none(),
+            "b was used least recently"
+        );
+        assert!(store.lookup("a").unwrap().is_some());
+        assert!(store.lookup("c").unwrap().is_some());
+    }
+
+    #[test]
+    fn uncommitted_fill_is_reclaimed_on_reopen() {
+        let (store, dir) = temp_sled();
+        let fill = store.begin_fill("k").unwrap();
+        store.write_chunk(fill, 0, b"never committed").unwrap();
+        // Persisted, so that the chunk is really on disk when the "crash" comes.
+        store.flush().unwrap();
+        assert_eq!(chunks_on_disk(&store, fill), 1);
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.lookup("k").unwrap(), None);
+        assert_eq!(store.read_chunk(fill, 0).unwrap(), None);
+        assert_eq!(chunks_on_disk(&store, fill), 0);
+        assert_eq!(store.usage(), Usage::default());
+    }
+
+    #[test]
+    fn chunks_awaiting_deletion_at_crash_are_reclaimed_on_reopen() {
+        let (store, dir) = temp_sled();
+        let meta = store_artifact(&store, "k", &[b"one", b"two"]);
+        let pin = store.pin(meta.fill).unwrap();
+        store.remove("k").unwrap();
+        // The last pin drops, but no writing call follows to delete the chunks.
+        drop(pin);
+        store.raw().flush().unwrap();
+        assert_eq!(chunks_on_disk(&store, meta.fill), 2);
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(chunks_on_disk(&store, meta.fill), 0);
+    }
+
+    #[test]
+    fn chunk_damaged_on_disk_reads_as_corrupt() {
+        let (store, dir) = temp_sled();
+        let meta = store_artifact(&store, "k", &[b"intact", b"damaged"]);
+        store.flush().unwrap();
+        drop(store);
+
+        {
+            let db = sled::open(db_path(&dir)).unwrap();
+            let chunks = db.open_tree(Tree::Chunks.name()).unwrap();
+            let key = codec::chunk_key(meta.fill, 1);
+            let mut value = chunks.get(key).unwrap().unwrap().to_vec();
+            value[7] ^= 0x20;
+            chunks.insert(key, value).unwrap();
+            db.flush().unwrap();
+        }
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.lookup("k").unwrap(), Some(meta.clone()));
+        assert_eq!(store.read_chunk(meta.fill, 0).unwrap().unwrap(), "intact");
+        let err = store.read_chunk(meta.fill, 1).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains("crc32")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn eviction_honours_min_free_space() {
+        let (store, _dir) = temp_sled();
+        store_artifact(&store, "a", &[b"aaaa"]);
+        store_artifact(&store, "b", &[b"bb"]);
+        let modest = EvictionPolicy {
+            max_bytes: None,
+            min_free_bytes: Some(1),
+        };
+        assert_eq!(store.evict(&modest).unwrap().artifacts, 0);
+
+        let impossible = EvictionPolicy {
+            max_bytes: None,
+            min_free_bytes: Some(u64::MAX),
+        };
+        let report = store.evict(&impossible).unwrap();
+        assert_eq!((report.artifacts, report.bytes), (2, 6));
+        assert_eq!(store.usage(), Usage::default());
+    }
+
+    #[test]
+    fn failed_commit_before_crash_leaves_nothing_after_reopen() {
+        let (store, dir) = temp_sled();
+        let fill = store.begin_fill("k").unwrap();
+        store.write_chunk(fill, 0, b"short").unwrap();
+        assert!(store.commit_fill("k", fill, commit_for(b"longer")).is_err());
+        store.flush().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.lookup("k").unwrap(), None);
+        assert_eq!(chunks_on_disk(&store, fill), 0);
+    }
+}

@@ -1,0 +1,125 @@
+//! Logging: tracing-subscriber set up as text or JSON, and the one access-log event per request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Frame, SizeHint};
+use tracing_subscriber::EnvFilter;
+
+use crate::cache::CacheOutcome;
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. Fails if the filter does not parse.
+pub fn init(config: &LogConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&config.filter)
+        .map_err(|e| format!("log filter {:?}: {e}", config.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    let result = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| format!("installing the logger: {e}"))
+}
+
+/// What the access log says about one request. It never holds a query string or a header:
+/// those are where credentials travel.
+#[derive(Debug)]
+pub struct AccessLog {
+    pub method: Method,
+    pub route: &'static str,
+    pub path: String,
+    pub status: u16,
+    pub outcome: CacheOutcome,
+    pub upstream: Option<Duration>,
+    pub started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the bytes of a response body and writes the access-log event when the body is
+    /// finished or dropped, so `bytes` is what was really sent and `complete` tells a client
+    /// that went away (or a fill that broke) from a full answer.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        log: Option<AccessLog>,
+        bytes: u64,
+        complete: bool,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(log) = this.log.take() {
+                emit(&log, *this.bytes, *this.complete);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> LoggedBody<B> {
+    pub fn new(inner: B, log: AccessLog) -> Self {
+        LoggedBody {
+            // An empty body that hyper never polls is complete from the start.
+            complete: inner.is_end_stream(),
+            inner,
+            log: Some(log),
+            bytes: 0,
+        }
+    }
+}
+
+impl<B> http_body::Body for LoggedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => *this.complete = true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn emit(log: &AccessLog, bytes: u64, complete: bool) {
+    let upstream_ms = log.upstream.map(|d| d.as_secs_f64() * 1000.0);
+    tracing::info!(
+        target: "gitlab_pkg_cache::access",
+        method = %log.method,
+        route = log.route,
+        path = %log.path,
+        status = log.status,
+        cache = log.outcome.as_str(),
+        upstream_ms,
+        bytes,
+        complete,
+        duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+}
