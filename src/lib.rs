@@ -15,7 +15,8 @@
 //! - [`service`]: the request flow and `x-cache`.
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
 //! - [`auth`]: credential fingerprints and GitLab's remembered decisions.
-//! - [`cache`]: the memory tier and cache outcomes.
+//! - [`cache`]: the memory tier, single-flight fills and cache outcomes.
+//! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait.
 //! - [`upstream`]: the pooled client towards GitLab.
 //! - [`error`]: one error type and its one status map; [`body`]: body plumbing; [`tls`].
 
@@ -28,6 +29,7 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod storage;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

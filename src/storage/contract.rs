@@ -91,7 +91,7 @@ mod memory {
     contract_tests!((MemoryStore::new(), ()));
 }
 
-mod sled {
+mod sled_store {
     use super::*;
     contract_tests!(temp_sled());
 }

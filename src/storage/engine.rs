@@ -1,9 +1,9 @@
 //! The store's logic, shared by every backend: fills, pins, deferred deletion, LRU and usage.
 //!
-//! Fill lifecycle: `Writing` → (commit) `Committed` → (replaced, removed or evicted)
-//! unreferenced. An unreferenced fill stays readable while pinned; once unpinned it leaves the
-//! in-memory table at once (reads return `None`) and its chunks are deleted by the next call
-//! that writes. The `fills` tree lists every fill that may own chunks, so after a crash every
+//! Fill lifecycle: `Writing`, then `Committed` once its commit passes; a fill that is aborted,
+//! fails its commit, or is replaced, removed or evicted becomes unreferenced. An unreferenced
+//! fill stays readable while pinned; once unpinned it leaves the in-memory table at once (reads
+//! return `None`) and its chunks are deleted by the next call that writes. The `fills` tree lists every fill that may own chunks, so after a crash every
 //! fill no valid record references is found and reclaimed on open.
 
 use std::collections::{HashMap, HashSet};
@@ -189,6 +189,24 @@ impl State {
         Some(old)
     }
 
+    /// The oldest artifacts whose lengths add up to at least `excess` bytes.
+    fn least_recently_used(&self, mut excess: u64) -> Vec<(String, FillId)> {
+        if excess == 0 {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(&String, &Entry)> = self.entries.iter().collect();
+        by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
+        let mut victims = Vec::new();
+        for (key, entry) in by_age {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(entry.len);
+            victims.push((key.clone(), entry.fill));
+        }
+        victims
+    }
+
     fn unreference(&mut self, fill: FillId) {
         match self.fills.get_mut(&fill) {
             Some(entry) if entry.pins > 0 => entry.stage = Stage::Unreferenced,
@@ -245,6 +263,8 @@ impl<B: Backend> Engine<B> {
         for (raw_key, meta) in records {
             let key = String::from_utf8(raw_key.clone()).ok();
             match (key, meta) {
+                // A record whose fill is unregistered (its chunks may be gone) or already
+                // claimed by another record can only come from damage: drop it too.
                 (Some(key), Some(meta))
                     if registered.contains(&meta.fill) && !state.fills.contains_key(&meta.fill) =>
                 {
@@ -553,24 +573,13 @@ impl<B: Backend> ArtifactStore for Engine<B> {
                 .map_or(0, |free| min_free.saturating_sub(free)),
             None => 0,
         };
-        let victims: Vec<(String, FillId)> = {
+        let victims = {
             let state = self.state();
             let mut target = state.usage.bytes.saturating_sub(shortfall);
             if let Some(max_bytes) = policy.max_bytes {
                 target = target.min(max_bytes);
             }
-            let mut excess = state.usage.bytes.saturating_sub(target);
-            let mut by_age: Vec<(&String, &Entry)> = state.entries.iter().collect();
-            by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
-            let mut victims = Vec::new();
-            for (key, entry) in by_age {
-                if excess == 0 {
-                    break;
-                }
-                excess = excess.saturating_sub(entry.len);
-                victims.push((key.clone(), entry.fill));
-            }
-            victims
+            state.least_recently_used(state.usage.bytes.saturating_sub(target))
         };
 
         let mut report = EvictionReport::default();
@@ -618,5 +627,17 @@ impl<B: Backend> ArtifactStore for Engine<B> {
         self.collect_garbage();
         self.persist_access_times()?;
         self.backend().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tree;
+
+    #[test]
+    fn tree_discriminants_index_tree_all() {
+        for (index, tree) in Tree::ALL.into_iter().enumerate() {
+            assert_eq!(tree as usize, index, "{}", tree.name());
+        }
     }
 }
