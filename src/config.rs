@@ -335,6 +335,14 @@ impl Config {
         self.data_dir.join("store")
     }
 
+    /// The store's eviction budget.
+    pub fn eviction_policy(&self) -> crate::storage::EvictionPolicy {
+        crate::storage::EvictionPolicy {
+            max_bytes: Some(self.store.max_bytes.as_u64()),
+            min_free_bytes: Some(self.store.min_free_bytes.as_u64()).filter(|&b| b > 0),
+        }
+    }
+
     /// Where the proxy keeps the key it fingerprints credentials with.
     pub fn key_path(&self) -> PathBuf {
         self.data_dir.join("credential-hmac.key")

@@ -31,6 +31,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
+    let maintenance = tokio::spawn(maintain(state.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -99,6 +100,39 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over, cutting remaining connections"),
+    }
+    maintenance.abort();
+    if let Err(e) = state.fills.store().flush().await {
+        tracing::warn!(error = %e, "flushing the store at shutdown failed");
+    }
+}
+
+/// How often the store is flushed and checked against its budget.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Background upkeep: persists use times, deletes released chunks, evicts over budget
+/// (including the free-space low-water mark, which other processes can move).
+async fn maintain(state: Arc<AppState>) {
+    let store = state.fills.store().clone();
+    let policy = state.config.eviction_policy();
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.flush().await {
+            tracing::warn!(error = %e, "store flush failed");
+        }
+        match store.evict(policy).await {
+            Ok(report) if report.artifacts > 0 => {
+                tracing::info!(
+                    artifacts = report.artifacts,
+                    bytes = report.bytes,
+                    "evicted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        }
     }
 }
 

@@ -5,14 +5,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use tokio::sync::watch;
 
 use crate::auth::{Caller, DecisionKey};
 use crate::body::{self, collect_limited, Body, BodyError, Collected, Prefixed};
-use crate::cache::memory::CachedResponse;
+use crate::cache::fill::{Joined, Leader, NotStarted, Progress, Reader};
+use crate::cache::memory::{keep_header, CachedResponse};
 use crate::cache::CacheOutcome;
 use crate::error::Error;
 use crate::route::{CacheClass, Endpoint, PackageRoute};
@@ -122,9 +124,7 @@ async fn package(
     };
     match route.cache_class() {
         CacheClass::Metadata => metadata(state, &route, &decision, request, client).await,
-        // Artifacts are relayed until the on-disk store takes them; a success still
-        // records GitLab's acceptance of the caller.
-        CacheClass::Artifact => relay_route(state, &route, Some(&decision), request, client).await,
+        CacheClass::Artifact => artifact(state, &route, &decision, request, client).await,
         CacheClass::PassThrough => relay_route(state, &route, None, request, client).await,
         CacheClass::Upload => upload(state, &route, request, client).await,
     }
@@ -193,6 +193,243 @@ async fn metadata(
             ))
         }
     }
+}
+
+/// The answer to "may this caller read this project's packages?"
+enum Authorized {
+    /// Yes; `Some` is how long GitLab took when it had to be asked.
+    Yes(Option<Duration>),
+    /// No: GitLab's refusal, to be sent as it is.
+    No(Handled),
+}
+
+/// The gate in front of every cached byte: a remembered acceptance, or GitLab's answer to
+/// the route's cheap probe, made with the caller's own credentials.
+async fn authorize(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: &http::HeaderMap,
+    head: bool,
+) -> Result<Authorized, Error> {
+    if state.gate.is_accepted(decision).await {
+        return Ok(Authorized::Yes(None));
+    }
+    let (probe, took) = state
+        .upstream
+        .send(get(route.probe_path_and_query(), headers.clone(), false))
+        .await?;
+    if probe.status() == StatusCode::OK {
+        state.gate.accept(decision.clone()).await;
+        return Ok(Authorized::Yes(Some(took)));
+    }
+    // GitLab authorizes before it looks at the resource, so its refusal of the probe is its
+    // refusal of this request: relay it, and nothing from the cache.
+    Ok(Authorized::No(Handled::new(
+        relay(probe, head),
+        CacheOutcome::Refused,
+        Some(took),
+    )))
+}
+
+/// Immutable artifacts: the store, or one single-flight fill from GitLab.
+async fn artifact(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let head = request.method() == Method::HEAD;
+    let headers = forward_headers(request.headers(), client, true);
+    let key = route.content_key();
+    let store = state.fills.store();
+    match store.lookup_pinned(&key).await {
+        Ok(Some((meta, pin))) => {
+            let took = match authorize(state, route, decision, &headers, head).await? {
+                Authorized::Yes(took) => took,
+                Authorized::No(refusal) => return Ok(refusal),
+            };
+            store.touch(&key);
+            if head {
+                return Ok(artifact_response(
+                    &meta.headers,
+                    Some(meta.len),
+                    body::empty(),
+                    CacheOutcome::Hit,
+                    took,
+                ));
+            }
+            let mut reader = Reader::committed(store.clone(), key.clone(), &meta, pin);
+            // The first chunk is read before answering, so a damaged artifact found here is
+            // refetched instead of failing the request.
+            match reader.next_chunk().await {
+                Ok(first) => {
+                    let body = reader.into_body(first);
+                    return Ok(artifact_response(
+                        &meta.headers,
+                        Some(meta.len),
+                        body,
+                        CacheOutcome::Hit,
+                        took,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "artifact store lookup failed; fetching from GitLab")
+        }
+    }
+    if head {
+        return relay_route(state, route, Some(decision), request, client).await;
+    }
+    // A fill that never starts or breaks for its leader is retried once with this caller
+    // leading; after that the caller is served straight from GitLab.
+    for _ in 0..2 {
+        match state.fills.join(&key) {
+            Joined::Leader(leader) => return lead(state, route, decision, headers, leader).await,
+            Joined::Waiter(progress) => {
+                if let Some(handled) =
+                    wait(state, route, decision, &headers, &key, progress).await?
+                {
+                    return Ok(handled);
+                }
+            }
+        }
+    }
+    relay_route(state, route, Some(decision), request, client).await
+}
+
+/// Fetches an artifact for everyone: this caller's response streams from GitLab while the
+/// fill stores it.
+async fn lead(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: http::HeaderMap,
+    leader: Leader,
+) -> Result<Handled, Error> {
+    let (response, took) = state
+        .upstream
+        .send(get(route.path_and_query(), headers, true))
+        .await?;
+    if response.status() != StatusCode::OK {
+        // Dropping the leader tells waiters to ask GitLab themselves: this answer was for
+        // this caller's credentials only.
+        return Ok(Handled::new(
+            relay(response, false),
+            CacheOutcome::Miss,
+            Some(took),
+        ));
+    }
+    state.gate.accept(decision.clone()).await;
+    let (parts, incoming) = response.into_parts();
+    let kept: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| keep_header(name))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match leader.start(kept.clone(), length, incoming).await {
+        Ok(body) => Ok(artifact_response(
+            &kept,
+            length,
+            body,
+            CacheOutcome::Miss,
+            Some(took),
+        )),
+        Err(NotStarted { error, body }) => {
+            tracing::warn!(route = route.name(), error = %error, "artifact store unusable; serving uncached");
+            let response = Response::from_parts(parts, body);
+            Ok(Handled::new(
+                relay(response, false),
+                CacheOutcome::Bypass,
+                Some(took),
+            ))
+        }
+    }
+}
+
+/// Follows another caller's fill once GitLab has answered it, after this caller's own
+/// authorization. `None`: the fill did not happen, fetch another way.
+async fn wait(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: &http::HeaderMap,
+    key: &str,
+    mut progress: watch::Receiver<Progress>,
+) -> Result<Option<Handled>, Error> {
+    // Waiting for the leader's answer first lets a caller with the same credentials be
+    // authorized by it instead of by a probe of its own.
+    let state_now = loop {
+        let now = progress.borrow_and_update().clone();
+        if !matches!(now, Progress::Starting) {
+            break now;
+        }
+        if progress.changed().await.is_err() {
+            break progress.borrow().clone();
+        }
+    };
+    let store = state.fills.store();
+    let (fill, length, stored_headers) = match &state_now {
+        Progress::Streaming { head, .. } => (head.fill, head.content_length, head.headers.clone()),
+        Progress::Done { meta } => (meta.fill, Some(meta.len), meta.headers.clone()),
+        Progress::Starting | Progress::Failed | Progress::NotFilled => return Ok(None),
+    };
+    let took = match authorize(state, route, decision, headers, false).await? {
+        Authorized::Yes(took) => took,
+        Authorized::No(refusal) => return Ok(Some(refusal)),
+    };
+    let Some(pin) = store.pin(fill) else {
+        return Ok(None);
+    };
+    let reader = match &state_now {
+        Progress::Done { meta } => Reader::committed(store.clone(), key.to_owned(), meta, pin),
+        _ => Reader::following(store.clone(), key.to_owned(), fill, progress, pin),
+    };
+    let body = reader.into_body(None);
+    Ok(Some(artifact_response(
+        &stored_headers,
+        length,
+        body,
+        CacheOutcome::Coalesced,
+        took,
+    )))
+}
+
+fn artifact_response(
+    headers: &[(String, String)],
+    length: Option<u64>,
+    body: Body,
+    outcome: CacheOutcome,
+    upstream: Option<Duration>,
+) -> Handled {
+    let mut response = Response::new(body);
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    if let Some(length) = length {
+        map.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Handled::new(response, outcome, upstream)
 }
 
 /// Forwards a read to GitLab as it came and streams the answer back.

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{FingerprintKey, Gate};
+use crate::cache::fill::Fills;
 use crate::cache::memory::MemoryTier;
 use crate::config::Config;
 use crate::error::Error;
+use crate::storage::{ArtifactStore, SledStore, Store};
 use crate::tls;
 use crate::upstream::Upstream;
 
@@ -19,15 +21,32 @@ pub struct AppState {
     pub key: FingerprintKey,
     pub gate: Gate,
     pub memory: MemoryTier,
+    /// Artifact fills in flight, and the store they write to.
+    pub fills: Fills,
     pub upstream: Upstream,
     /// Set when the proxy serves HTTPS.
     pub tls: Option<TlsAcceptor>,
 }
 
 impl AppState {
-    /// Builds the state: reads (or creates) the fingerprint key under the data directory,
-    /// loads TLS material, and sets up the upstream client. Fails on unusable files.
+    /// Builds the state with the sled store under the data directory.
     pub fn build(config: Config) -> Result<Arc<AppState>, Error> {
+        let store = SledStore::open(&config.store_path(), config.store.sled_cache_bytes.as_u64())
+            .map_err(|e| {
+            Error::Internal(format!(
+                "opening the store at {}: {e}",
+                config.store_path().display()
+            ))
+        })?;
+        AppState::build_with_store(config, Arc::new(store))
+    }
+
+    /// Builds the state around a given store: reads (or creates) the fingerprint key under
+    /// the data directory, loads TLS material, and sets up the upstream client.
+    pub fn build_with_store(
+        config: Config,
+        store: Arc<dyn ArtifactStore>,
+    ) -> Result<Arc<AppState>, Error> {
         let key = FingerprintKey::load_or_create(&config.key_path()).map_err(|e| {
             Error::Internal(format!(
                 "fingerprint key {}: {e}",
@@ -39,7 +58,9 @@ impl AppState {
             _ => None,
         };
         let upstream = Upstream::new(&config.upstream, config.upstream_url().clone())?;
+        let fills = Fills::new(Store::new(store), config.eviction_policy());
         Ok(Arc::new(AppState {
+            fills,
             gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS),
             memory: MemoryTier::new(
                 config.cache.metadata_ttl,

@@ -1,5 +1,6 @@
 //! Cache tiers and the vocabulary of cache outcomes.
 
+pub mod fill;
 pub mod memory;
 
 /// How a request was served; sent as `x-cache` and logged.

@@ -1,0 +1,454 @@
+//! Single-flight fills of immutable artifacts: one GitLab fetch per key, written to the store
+//! in chunks while its first caller and any number of waiters read it as it grows.
+//!
+//! The caller that starts a fill (the leader) gets GitLab's bytes as they arrive through a
+//! small bounded channel; waiters read the chunks back from the store as the fill publishes
+//! its progress, so memory stays flat however large the artifact and however many readers.
+//! If the store fails mid-way, the leader still gets every byte (its request succeeds) and
+//! waiters are cut. An artifact becomes visible only when its length and SHA-256 check out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use crate::body::{self, Body, BoxError};
+use crate::storage::{ArtifactMeta, Commit, EvictionPolicy, FillId, PinGuard, Store, StoreError};
+
+/// Size of the chunks artifacts are stored in.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+/// Frames buffered between the fill and a slow leader before the fill waits for it.
+const LEADER_BUFFER: usize = 16;
+
+/// What a fill's readers need before the first byte: GitLab's headers and length.
+#[derive(Debug)]
+pub struct Head {
+    pub fill: FillId,
+    pub headers: Vec<(String, String)>,
+    pub content_length: Option<u64>,
+}
+
+/// A fill's state, published to its waiters.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The leader is waiting for GitLab's answer.
+    Starting,
+    /// Chunks `0..written` are in the store.
+    Streaming { head: Arc<Head>, written: u32 },
+    /// Committed and visible.
+    Done { meta: Arc<ArtifactMeta> },
+    /// Broke after it started: upstream cut, integrity mismatch, or store failure.
+    Failed,
+    /// Never started: GitLab refused the leader, or the store could not begin a fill.
+    NotFilled,
+}
+
+/// How a caller takes part in the fill of a key.
+pub enum Joined {
+    Leader(Leader),
+    Waiter(watch::Receiver<Progress>),
+}
+
+type Inflight = Arc<Mutex<HashMap<String, watch::Receiver<Progress>>>>;
+
+/// Fills in flight, by content key.
+#[derive(Clone)]
+pub struct Fills {
+    store: Store,
+    inflight: Inflight,
+    policy: EvictionPolicy,
+}
+
+impl Fills {
+    pub fn new(store: Store, policy: EvictionPolicy) -> Fills {
+        Fills {
+            store,
+            inflight: Arc::default(),
+            policy,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Becomes the leader of a new fill of `key`, or a waiter on the one in flight.
+    pub fn join(&self, key: &str) -> Joined {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(progress) = inflight.get(key) {
+            return Joined::Waiter(progress.clone());
+        }
+        let (tx, rx) = watch::channel(Progress::Starting);
+        inflight.insert(key.to_owned(), rx);
+        Joined::Leader(Leader {
+            key: key.to_owned(),
+            tx: Some(tx),
+            fills: self.clone(),
+        })
+    }
+
+    /// Fills in flight now (for metrics).
+    pub fn in_flight(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn finish(&self, key: &str, tx: &watch::Sender<Progress>, outcome: Progress) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if inflight
+            .get(key)
+            .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+        {
+            inflight.remove(key);
+        }
+        drop(inflight);
+        tx.send_replace(outcome);
+    }
+}
+
+/// The caller that fetches from GitLab for everyone. Dropping it without [`Leader::start`]
+/// tells the waiters to fetch on their own.
+pub struct Leader {
+    key: String,
+    tx: Option<watch::Sender<Progress>>,
+    fills: Fills,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.fills.finish(&self.key, &tx, Progress::NotFilled);
+        }
+    }
+}
+
+/// Why a leader could not start a fill; the body is handed back to be relayed uncached.
+pub struct NotStarted<B> {
+    pub error: StoreError,
+    pub body: B,
+}
+
+impl Leader {
+    /// Starts storing GitLab's 200 answer; returns the leader's own response body.
+    pub async fn start<B>(
+        mut self,
+        headers: Vec<(String, String)>,
+        content_length: Option<u64>,
+        upstream: B,
+    ) -> Result<Body, NotStarted<B>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let store = self.fills.store.clone();
+        let fill = match store.begin_fill(&self.key).await {
+            Ok(fill) => fill,
+            Err(error) => {
+                return Err(NotStarted {
+                    error,
+                    body: upstream,
+                })
+            }
+        };
+        let Some(tx) = self.tx.take() else {
+            // `start` consumes the leader, so the sender is always still there.
+            store.abort_fill(fill).await;
+            return Err(NotStarted {
+                error: StoreError::UnknownFill(fill),
+                body: upstream,
+            });
+        };
+        let head = Arc::new(Head {
+            fill,
+            headers,
+            content_length,
+        });
+        tx.send_replace(Progress::Streaming {
+            head: head.clone(),
+            written: 0,
+        });
+        let (leader_tx, leader_rx) = mpsc::channel(LEADER_BUFFER);
+        let task = FillTask {
+            key: std::mem::take(&mut self.key),
+            head,
+            tx,
+            fills: self.fills.clone(),
+            leader: Some(leader_tx),
+        };
+        tokio::spawn(task.run(upstream));
+        Ok(channel_body(leader_rx))
+    }
+}
+
+fn channel_body(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> Body {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item.map(Frame::data), rx))
+    });
+    body::boxed(StreamBody::new(frames))
+}
+
+struct FillTask {
+    key: String,
+    head: Arc<Head>,
+    tx: watch::Sender<Progress>,
+    fills: Fills,
+    leader: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
+}
+
+impl FillTask {
+    async fn run<B>(mut self, mut upstream: B)
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let store = self.fills.store.clone();
+        let fill = self.head.fill;
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        let mut pending = BytesMut::with_capacity(CHUNK_SIZE);
+        let mut written = 0u32;
+        let mut storing = true;
+        let read = loop {
+            match upstream.frame().await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.into()),
+                Some(Ok(frame)) => {
+                    // Trailers carry nothing a package client needs.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    len += data.len() as u64;
+                    hasher.update(&data);
+                    self.send_to_leader(Ok(data.clone())).await;
+                    if storing {
+                        pending.extend_from_slice(&data);
+                        while pending.len() >= CHUNK_SIZE {
+                            let chunk = pending.split_to(CHUNK_SIZE).freeze();
+                            if let Err(e) = store.write_chunk(fill, written, chunk).await {
+                                self.store_failed(&e).await;
+                                storing = false;
+                                break;
+                            }
+                            written += 1;
+                            self.tx.send_replace(Progress::Streaming {
+                                head: self.head.clone(),
+                                written,
+                            });
+                        }
+                    }
+                    if !storing && self.leader.is_none() {
+                        // Nobody is left to read what GitLab sends.
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = read {
+            tracing::warn!(key = %self.key, error = %e, bytes = len, "artifact fill broke; nothing stored");
+            if storing {
+                store.abort_fill(fill).await;
+                self.fills.finish(&self.key, &self.tx, Progress::Failed);
+            }
+            self.send_to_leader(Err(e)).await;
+            return;
+        }
+        if !storing {
+            return;
+        }
+        if !pending.is_empty() {
+            if let Err(e) = store.write_chunk(fill, written, pending.freeze()).await {
+                self.store_failed(&e).await;
+                return;
+            }
+        }
+        if let Some(declared) = self.head.content_length.filter(|&declared| declared != len) {
+            tracing::warn!(key = %self.key, declared, received = len, "length mismatch; nothing stored");
+            store.abort_fill(fill).await;
+            self.fills.finish(&self.key, &self.tx, Progress::Failed);
+            self.send_to_leader(Err("GitLab sent a body of the wrong length".into()))
+                .await;
+            return;
+        }
+        let commit = Commit {
+            len,
+            sha256: hasher.finalize().into(),
+            headers: self.head.headers.clone(),
+        };
+        match store.commit_fill(&self.key, fill, commit).await {
+            Ok(meta) => {
+                tracing::debug!(key = %self.key, bytes = len, "artifact stored");
+                self.fills.finish(
+                    &self.key,
+                    &self.tx,
+                    Progress::Done {
+                        meta: Arc::new(meta),
+                    },
+                );
+                self.evict_if_over_budget(&store).await;
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "artifact commit failed; nothing stored");
+                self.fills.finish(&self.key, &self.tx, Progress::Failed);
+            }
+        }
+    }
+
+    async fn send_to_leader(&mut self, item: Result<Bytes, BoxError>) {
+        if let Some(leader) = &self.leader {
+            if leader.send(item).await.is_err() {
+                // The leader's client went away; the fill goes on for the others.
+                self.leader = None;
+            }
+        }
+    }
+
+    async fn store_failed(&mut self, e: &StoreError) {
+        tracing::warn!(key = %self.key, error = %e, "artifact store failed; serving uncached");
+        self.fills.store.abort_fill(self.head.fill).await;
+        self.fills.finish(&self.key, &self.tx, Progress::Failed);
+    }
+
+    async fn evict_if_over_budget(&self, store: &Store) {
+        let over = self
+            .fills
+            .policy
+            .max_bytes
+            .is_some_and(|max| store.usage().bytes > max);
+        if over {
+            match store.evict(self.fills.policy).await {
+                Ok(report) => tracing::info!(
+                    artifacts = report.artifacts,
+                    bytes = report.bytes,
+                    "evicted"
+                ),
+                Err(e) => tracing::warn!(error = %e, "eviction failed"),
+            }
+        }
+    }
+}
+
+/// Where a reader's chunks come from.
+enum Source {
+    /// A committed artifact: chunks `0..total`.
+    Committed { total: u32 },
+    /// A fill in flight: as many chunks as it has published.
+    Following(watch::Receiver<Progress>),
+}
+
+/// Reads an artifact's chunks from the store in order, for as long as the response lives.
+pub struct Reader {
+    store: Store,
+    key: String,
+    fill: FillId,
+    next: u32,
+    source: Source,
+    _pin: PinGuard,
+}
+
+impl Reader {
+    /// A reader of a committed artifact.
+    pub fn committed(store: Store, key: String, meta: &ArtifactMeta, pin: PinGuard) -> Reader {
+        Reader {
+            store,
+            key,
+            fill: meta.fill,
+            next: 0,
+            source: Source::Committed {
+                total: meta.chunk_count,
+            },
+            _pin: pin,
+        }
+    }
+
+    /// A reader that follows a fill in flight from its first chunk.
+    pub fn following(
+        store: Store,
+        key: String,
+        fill: FillId,
+        progress: watch::Receiver<Progress>,
+        pin: PinGuard,
+    ) -> Reader {
+        Reader {
+            store,
+            key,
+            fill,
+            next: 0,
+            source: Source::Following(progress),
+            _pin: pin,
+        }
+    }
+
+    /// The next chunk, `Ok(None)` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
+        loop {
+            match &mut self.source {
+                Source::Committed { total } => {
+                    if self.next >= *total {
+                        return Ok(None);
+                    }
+                    break;
+                }
+                Source::Following(progress) => {
+                    let state = progress.borrow_and_update().clone();
+                    match state {
+                        Progress::Streaming { written, .. } if self.next < written => break,
+                        Progress::Done { meta } => {
+                            self.source = Source::Committed {
+                                total: meta.chunk_count,
+                            };
+                        }
+                        Progress::Starting | Progress::Streaming { .. } => {
+                            if progress.changed().await.is_err() {
+                                return Err("artifact fill ended without finishing".into());
+                            }
+                        }
+                        Progress::Failed | Progress::NotFilled => {
+                            return Err("artifact fill broke; response aborted".into());
+                        }
+                    }
+                }
+            }
+        }
+        let index = self.next;
+        match self.store.read_chunk(self.fill, index).await {
+            Ok(Some(chunk)) => {
+                self.next += 1;
+                Ok(Some(chunk))
+            }
+            Ok(None) => Err(format!("chunk {index} of {} vanished", self.key).into()),
+            Err(e) => {
+                if matches!(e, StoreError::Corrupt { .. }) {
+                    tracing::warn!(key = %self.key, chunk = index, error = %e, "corrupt artifact dropped");
+                    if let Err(e) = self.store.remove(&self.key).await {
+                        tracing::warn!(key = %self.key, error = %e, "could not drop corrupt artifact");
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The rest of the artifact as a response body; `first` is a chunk already read.
+    pub fn into_body(self, first: Option<Bytes>) -> Body {
+        // The state is `None` once the stream ended or failed, so nothing is read after an error.
+        let frames = futures_util::stream::unfold(Some((self, first)), |state| async move {
+            let (mut reader, first) = state?;
+            if let Some(chunk) = first {
+                return Some((Ok(Frame::data(chunk)), Some((reader, None))));
+            }
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(Frame::data(chunk)), Some((reader, None)))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        body::boxed(StreamBody::new(frames))
+    }
+}
