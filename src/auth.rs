@@ -18,6 +18,7 @@ use sha2::Sha256;
 use tokio::time::Instant;
 
 use crate::route::Api;
+use crate::storage::Store;
 
 /// Headers GitLab reads credentials from (any API, any era).
 const CREDENTIAL_HEADERS: [&str; 5] = [
@@ -160,44 +161,118 @@ pub struct DecisionKey {
     pub api: Api,
 }
 
-/// GitLab's "yes" to (caller, project, API), remembered for `ttl`.
+/// GitLab's "yes" to (caller, project, API), remembered for `ttl`, in memory and (when a
+/// store is given) on disk, so that a restarted proxy still knows whom GitLab accepted.
 ///
 /// Only acceptance is remembered: a refusal is answered from GitLab every time, so it is
-/// always exactly what GitLab says and never reaches another caller.
+/// always exactly what GitLab says and never reaches another caller. What is written to disk
+/// is the fingerprint and a time, never a credential.
 #[derive(Clone)]
 pub struct Gate {
-    accepted: moka::future::Cache<DecisionKey, Instant>,
+    accepted: moka::future::Cache<DecisionKey, u64>,
+    store: Option<Store>,
+    clock: Clock,
     ttl: Duration,
 }
 
+/// Record namespace of persisted decisions.
+const DECISIONS: &str = "auth-decisions";
+
+/// Wall-clock milliseconds that advance with tokio's clock, so persisted times compare across
+/// restarts and tests can still move time with tokio's paused clock.
+#[derive(Clone, Copy)]
+struct Clock {
+    unix_ms_at_start: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let unix_ms_at_start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Clock {
+            unix_ms_at_start,
+            start: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.unix_ms_at_start.saturating_add(elapsed)
+    }
+}
+
+impl DecisionKey {
+    fn record_key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(33 + self.project.len());
+        key.extend_from_slice(self.caller.as_bytes());
+        key.push(match self.api {
+            Api::Go => b'g',
+            Api::RubyGems => b'r',
+        });
+        key.extend_from_slice(self.project.as_bytes());
+        key
+    }
+}
+
 impl Gate {
-    pub fn new(ttl: Duration, max_decisions: u64) -> Gate {
+    pub fn new(ttl: Duration, max_decisions: u64, store: Option<Store>) -> Gate {
         Gate {
-            // moka bounds the table; freshness is checked against tokio's clock below so
-            // that it follows paused time in tests.
+            // moka only bounds the table; freshness is judged by `Clock` below.
             accepted: moka::future::Cache::builder()
                 .max_capacity(max_decisions)
-                .time_to_idle(ttl.saturating_mul(2).max(Duration::from_secs(1)))
                 .build(),
+            store,
+            clock: Clock::new(),
             ttl,
         }
     }
 
+    /// How long ago GitLab last accepted this caller for this project, if it ever did.
+    pub async fn accepted_ago(&self, key: &DecisionKey) -> Option<Duration> {
+        let at = match self.accepted.get(key).await {
+            Some(at) => at,
+            None => {
+                let store = self.store.as_ref()?;
+                let record = match store.get_record(DECISIONS, &key.record_key()).await {
+                    Ok(record) => record?,
+                    Err(e) => {
+                        // Unknown is the safe answer: GitLab gets asked.
+                        tracing::warn!(error = %e, "reading a persisted decision failed");
+                        return None;
+                    }
+                };
+                let at = u64::from_be_bytes(record.as_slice().try_into().ok()?);
+                self.accepted.insert(key.clone(), at).await;
+                at
+            }
+        };
+        Some(Duration::from_millis(
+            self.clock.now_ms().saturating_sub(at),
+        ))
+    }
+
     /// Whether GitLab accepted this caller for this project within the TTL.
     pub async fn is_accepted(&self, key: &DecisionKey) -> bool {
-        match self.accepted.get(key).await {
-            Some(at) if at.elapsed() < self.ttl => true,
-            Some(_) => {
-                self.accepted.invalidate(key).await;
-                false
-            }
-            None => false,
-        }
+        self.accepted_ago(key)
+            .await
+            .is_some_and(|ago| ago < self.ttl)
     }
 
     /// Records that GitLab just answered this caller successfully for this project.
     pub async fn accept(&self, key: DecisionKey) {
-        self.accepted.insert(key, Instant::now()).await;
+        let now = self.clock.now_ms();
+        if let Some(store) = &self.store {
+            if let Err(e) = store
+                .put_record(DECISIONS, &key.record_key(), &now.to_be_bytes())
+                .await
+            {
+                tracing::warn!(error = %e, "persisting a decision failed; it is kept in memory");
+            }
+        }
+        self.accepted.insert(key, now).await;
     }
 }
 
@@ -272,7 +347,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn decisions_expire_on_tokio_time() {
-        let gate = Gate::new(Duration::from_secs(60), 100);
+        let gate = Gate::new(Duration::from_secs(60), 100, None);
         let key = DecisionKey {
             caller: caller(&FingerprintKey::random(), &[], None).fingerprint,
             project: Arc::from("42"),
@@ -288,5 +363,27 @@ mod tests {
         assert!(!gate.is_accepted(&other_api).await);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(!gate.is_accepted(&key).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decisions_survive_a_restart_through_the_store() {
+        let store = Store::new(Arc::new(crate::storage::MemoryStore::new()));
+        let key = DecisionKey {
+            caller: caller(&FingerprintKey::random(), &[("private-token", "t")], None).fingerprint,
+            project: Arc::from("group%2Fproj"),
+            api: Api::RubyGems,
+        };
+        Gate::new(Duration::from_secs(60), 100, Some(store.clone()))
+            .accept(key.clone())
+            .await;
+        let restarted = Gate::new(Duration::from_secs(60), 100, Some(store.clone()));
+        let other = Gate::new(Duration::from_secs(60), 100, Some(store));
+        assert!(restarted.is_accepted(&key).await);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(
+            !other.is_accepted(&key).await,
+            "a restarted proxy lets it expire too"
+        );
+        assert!(other.accepted_ago(&key).await.is_some());
     }
 }

@@ -373,6 +373,7 @@ async fn wait(
 ) -> Result<Option<Handled>, Error> {
     // Waiting for the leader's answer first lets a caller with the same credentials be
     // authorized by it instead of by a probe of its own.
+    let waiting = state.fills.waiting_guard();
     let state_now = loop {
         let now = progress.borrow_and_update().clone();
         if !matches!(now, Progress::Starting) {
@@ -388,6 +389,7 @@ async fn wait(
         Progress::Done { meta } => (meta.fill, Some(meta.len), meta.headers.clone()),
         Progress::Starting | Progress::Failed | Progress::NotFilled => return Ok(None),
     };
+    drop(waiting);
     let took = match authorize(state, route, decision, headers, false).await? {
         Authorized::Yes(took) => took,
         Authorized::No(refusal) => return Ok(Some(refusal)),

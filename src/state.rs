@@ -58,10 +58,11 @@ impl AppState {
             _ => None,
         };
         let upstream = Upstream::new(&config.upstream, config.upstream_url().clone())?;
-        let fills = Fills::new(Store::new(store), config.eviction_policy());
+        let store = Store::new(store);
+        let fills = Fills::new(store.clone(), config.eviction_policy());
         Ok(Arc::new(AppState {
             fills,
-            gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS),
+            gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store)),
             memory: MemoryTier::new(
                 config.cache.metadata_ttl,
                 config.cache.memory_max_bytes.as_u64(),

@@ -8,6 +8,7 @@
 //! waiters are cut. An artifact becomes visible only when its length and SHA-256 check out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -61,6 +62,16 @@ pub struct Fills {
     store: Store,
     inflight: Inflight,
     policy: EvictionPolicy,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a caller as waiting on another's fill for as long as it lives.
+pub struct WaitingGuard(Arc<AtomicUsize>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Fills {
@@ -69,6 +80,7 @@ impl Fills {
             store,
             inflight: Arc::default(),
             policy,
+            waiting: Arc::default(),
         }
     }
 
@@ -89,6 +101,17 @@ impl Fills {
             tx: Some(tx),
             fills: self.clone(),
         })
+    }
+
+    /// Marks the caller as waiting on a fill until the guard drops.
+    pub fn waiting_guard(&self) -> WaitingGuard {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingGuard(self.waiting.clone())
+    }
+
+    /// Callers now waiting for a fill's first answer or following one.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Fills in flight now (for metrics).
