@@ -361,6 +361,12 @@ impl Config {
                 body_idle_timeout: Duration::from_secs(5),
                 ..UpstreamConfig::default()
             },
+            store: StoreConfig {
+                // Tests set their own budgets; the free space of the machine must not matter.
+                min_free_bytes: ByteSize::b(0),
+                sled_cache_bytes: ByteSize::mib(8),
+                ..StoreConfig::default()
+            },
             ..Config::default()
         };
         config.validate()?;

@@ -102,6 +102,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over, cutting remaining connections"),
     }
     maintenance.abort();
+    let _ = maintenance.await;
     if let Err(e) = state.fills.store().flush().await {
         tracing::warn!(error = %e, "flushing the store at shutdown failed");
     }

@@ -15,7 +15,7 @@ use gitlab_pkg_cache::storage::{
 };
 use support::client;
 use support::fake_gitlab::{
-    Access, Fault, FakeGitLab, GemFixture, TokenKind, TokenState, Visibility,
+    Access, FakeGitLab, Fault, GemFixture, TokenKind, TokenState, Visibility,
 };
 use support::proxy::TestProxy;
 use tokio::sync::Semaphore;
@@ -28,10 +28,14 @@ const READER: &str = "glpat-reader";
 
 /// Bytes that do not compress, so a zip of them is as large as they are.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 56) as u8
         })
         .collect()
@@ -39,8 +43,14 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 fn module_files(module: &str, payload: usize) -> Vec<(String, Vec<u8>)> {
     vec![
-        ("go.mod".to_owned(), format!("module {module}\n\ngo 1.19\n").into_bytes()),
-        ("lib.go".to_owned(), b"package lib\n\nconst Answer = 42\n".to_vec()),
+        (
+            "go.mod".to_owned(),
+            format!("module {module}\n\ngo 1.19\n").into_bytes(),
+        ),
+        (
+            "lib.go".to_owned(),
+            b"package lib\n\nconst Answer = 42\n".to_vec(),
+        ),
         ("data.bin".to_owned(), noise(payload, 7)),
     ]
 }
@@ -51,8 +61,20 @@ async fn gitlab(payload: usize) -> FakeGitLab {
     let mut builder = FakeGitLab::builder()
         .project(1, "group/proj", Visibility::Public)
         .project(2, "group/secret", Visibility::Private)
-        .go_version(1, "", "v1.0.0", TIME, module_files("gitlab.example.com/group/proj", payload))
-        .go_version(2, "", "v1.0.0", TIME, module_files("gitlab.example.com/group/secret", 1000))
+        .go_version(
+            1,
+            "",
+            "v1.0.0",
+            TIME,
+            module_files("gitlab.example.com/group/proj", payload),
+        )
+        .go_version(
+            2,
+            "",
+            "v1.0.0",
+            TIME,
+            module_files("gitlab.example.com/group/secret", 1000),
+        )
         .token(
             READER,
             TokenKind::Personal {
@@ -131,7 +153,11 @@ async fn artifacts_survive_a_restart_without_gitlab() {
     let again = get(&proxy, &private_zip, &[("private-token", READER)]).await;
     assert_eq!((again.status, again.header("x-cache")), (200, Some("hit")));
     assert_eq!(again.body, private.body);
-    assert_eq!(fake.total_hits(), 0, "restart served from disk without asking GitLab");
+    assert_eq!(
+        fake.total_hits(),
+        0,
+        "restart served from disk without asking GitLab"
+    );
 
     // A caller GitLab never accepted still gets GitLab's refusal, not the stored zip.
     let anonymous = get(&proxy, &private_zip, &[]).await;
@@ -140,7 +166,10 @@ async fn artifacts_survive_a_restart_without_gitlab() {
     assert_eq!(anonymous.header("x-cache"), Some("refused"));
     let head = client::request("HEAD", &format!("{}{}", proxy.url(), paths[2]), &[], None).await;
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some(first[2].len().to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(first[2].len().to_string().as_str())
+    );
     assert!(head.body.is_empty());
     proxy.stop().await;
 }
@@ -173,11 +202,22 @@ async fn fifty_concurrent_cold_requests_fetch_once() {
     assert_eq!(fake.hits(&zip), 1, "one upstream fetch for fifty callers");
     assert_eq!(outcomes.iter().filter(|o| *o == "miss").count(), 1);
     assert_eq!(outcomes.iter().filter(|o| *o == "coalesced").count(), 49);
-    assert!(bodies.iter().all(|b| *b == bodies[0]), "all fifty bodies are the same bytes");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "all fifty bodies are the same bytes"
+    );
+    fake.clear_faults();
     let direct = client::get(&format!("{}{zip}", fake.url()), &[]).await;
-    assert_eq!(zip_entries(&bodies[0]), zip_entries(&direct.body), "same content as GitLab's");
+    assert_eq!(
+        zip_entries(&bodies[0]),
+        zip_entries(&direct.body),
+        "same content as GitLab's"
+    );
     let later = get(&proxy, &zip, &[]).await;
-    assert_eq!((later.header("x-cache"), &later.body), (Some("hit"), &bodies[0]));
+    assert_eq!(
+        (later.header("x-cache"), &later.body),
+        (Some("hit"), &bodies[0])
+    );
 }
 
 #[tokio::test]
@@ -226,19 +266,33 @@ async fn broken_fills_store_nothing_and_are_fetched_again() {
         // The client must see a failed transfer, never a short body that looks complete.
         match client::try_request("GET", &url, &[], None).await {
             Err(_) => {}
-            Ok(r) => panic!("{fault:?}: a broken fill answered {} with {} bytes", r.status, r.body.len()),
+            Ok(r) => panic!(
+                "{fault:?}: a broken fill answered {} with {} bytes",
+                r.status,
+                r.body.len()
+            ),
         }
         fake.clear_faults();
         let retry = client::get(&url, &[]).await;
         assert_eq!(retry.status, 200, "{fault:?}");
-        assert_eq!(retry.header("x-cache"), Some("miss"), "{fault:?}: nothing was stored");
+        assert_eq!(
+            retry.header("x-cache"),
+            Some("miss"),
+            "{fault:?}: nothing was stored"
+        );
         assert_eq!(fake.hits(&zip), 2, "{fault:?}");
         let store = proxy.state.fills.store().clone();
         eventually("the good fill is stored", || is_stored(&store, &zip)).await;
         let stored = store.lookup(&zip).await.expect("lookup").expect("stored");
         assert_eq!(stored.len, retry.body.len() as u64);
         // Forget it, so the next fault starts cold.
-        proxy.state.fills.store().remove(&zip).await.expect("remove");
+        proxy
+            .state
+            .fills
+            .store()
+            .remove(&zip)
+            .await
+            .expect("remove");
     }
 }
 
@@ -254,7 +308,11 @@ async fn a_corrupt_chunk_on_disk_is_dropped_and_fetched_again() {
         // Flip one byte of the first stored chunk, as a bad disk would.
         let db = open_released(&data_dir.path().join("store")).await;
         let chunks = db.open_tree("chunks").expect("chunks tree");
-        let (key, value) = chunks.iter().next().expect("a chunk").expect("readable chunk");
+        let (key, value) = chunks
+            .iter()
+            .next()
+            .expect("a chunk")
+            .expect("readable chunk");
         let mut damaged = value.to_vec();
         let last = damaged.len() - 1;
         damaged[last] ^= 0x55;
@@ -265,11 +323,18 @@ async fn a_corrupt_chunk_on_disk_is_dropped_and_fetched_again() {
     let proxy = TestProxy::start_in(&fake.url(), data_dir, |_| {}).await;
     let served = get(&proxy, &zip, &[]).await;
     assert_eq!(served.status, 200);
-    assert_eq!(served.header("x-cache"), Some("miss"), "the damaged copy was not served");
+    assert_eq!(
+        served.header("x-cache"),
+        Some("miss"),
+        "the damaged copy was not served"
+    );
     assert_eq!(fake.hits(&zip), 1, "refetched from GitLab");
     assert_eq!(zip_entries(&served.body), zip_entries(&original.body));
     let again = get(&proxy, &zip, &[]).await;
-    assert_eq!((again.header("x-cache"), &again.body), (Some("hit"), &served.body));
+    assert_eq!(
+        (again.header("x-cache"), &again.body),
+        (Some("hit"), &served.body)
+    );
 }
 
 #[tokio::test]
@@ -283,20 +348,31 @@ async fn least_recently_used_artifacts_are_evicted_over_budget() {
     let store = proxy.state.fills.store().clone();
     for name in ["alpha", "beta", "gamma"] {
         let r = get(&proxy, &format!("{GEMS}/{name}-1.0.0.gem"), &[]).await;
-        assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")), "{name}");
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (200, Some("miss")),
+            "{name}"
+        );
         // Commits (and evictions) finish just after the body: wait for each before the next.
         eventually("the gem is stored", || {
             is_stored(&store, &format!("{GEMS}/{name}-1.0.0.gem"))
         })
         .await;
     }
-    eventually("usage is back under budget", || store.usage().bytes <= 250_000).await;
+    eventually("usage is back under budget", || {
+        store.usage().bytes <= 250_000
+    })
+    .await;
     fake.reset_hits();
     let newest = get(&proxy, &format!("{GEMS}/gamma-1.0.0.gem"), &[]).await;
     assert_eq!(newest.header("x-cache"), Some("hit"));
     let oldest = get(&proxy, &format!("{GEMS}/alpha-1.0.0.gem"), &[]).await;
     assert_eq!(oldest.status, 200);
-    assert_eq!(oldest.header("x-cache"), Some("miss"), "the oldest was evicted");
+    assert_eq!(
+        oldest.header("x-cache"),
+        Some("miss"),
+        "the oldest was evicted"
+    );
     assert_eq!(fake.hits(&format!("{GEMS}/alpha-1.0.0.gem")), 1);
     assert_eq!(fake.hits(&format!("{GEMS}/gamma-1.0.0.gem")), 0);
 }
@@ -344,7 +420,12 @@ impl ArtifactStore for FullDisk {
         }
         self.inner.write_chunk(fill, index, data)
     }
-    fn commit_fill(&self, key: &str, fill: FillId, expected: Commit) -> Result<ArtifactMeta, StoreError> {
+    fn commit_fill(
+        &self,
+        key: &str,
+        fill: FillId,
+        expected: Commit,
+    ) -> Result<ArtifactMeta, StoreError> {
         self.inner.commit_fill(key, fill, expected)
     }
     fn abort_fill(&self, fill: FillId) {
@@ -404,13 +485,19 @@ async fn a_full_disk_degrades_to_pass_through() {
     let r = get(&proxy, &zip, &[]).await;
     assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")));
     assert_eq!(zip_entries(&r.body), zip_entries(&direct.body));
-    assert!(disk.lookup(&zip).expect("lookup").is_none(), "nothing half-written is visible");
+    assert!(
+        disk.lookup(&zip).expect("lookup").is_none(),
+        "nothing half-written is visible"
+    );
 
     // Space again: the next request stores it.
     disk.broken.store(false, Ordering::SeqCst);
     let r = get(&proxy, &zip, &[]).await;
     assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")));
-    eventually("stored once the disk has room", || matches!(disk.lookup(&zip), Ok(Some(_)))).await;
+    eventually("stored once the disk has room", || {
+        matches!(disk.lookup(&zip), Ok(Some(_)))
+    })
+    .await;
     let hit = get(&proxy, &zip, &[]).await;
     assert_eq!((hit.header("x-cache"), &hit.body), (Some("hit"), &r.body));
 }
