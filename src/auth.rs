@@ -15,8 +15,8 @@ use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use rand::RngCore;
 use sha2::Sha256;
-use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::route::Api;
 use crate::storage::Store;
 
@@ -177,32 +177,6 @@ pub struct Gate {
 
 /// Record namespace of persisted decisions.
 const DECISIONS: &str = "auth-decisions";
-
-/// Wall-clock milliseconds that advance with tokio's clock, so persisted times compare across
-/// restarts and tests can still move time with tokio's paused clock.
-#[derive(Clone, Copy)]
-struct Clock {
-    unix_ms_at_start: u64,
-    start: Instant,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        let unix_ms_at_start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Clock {
-            unix_ms_at_start,
-            start: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.unix_ms_at_start.saturating_add(elapsed)
-    }
-}
 
 impl DecisionKey {
     fn record_key(&self) -> Vec<u8> {

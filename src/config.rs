@@ -56,6 +56,12 @@ pub struct UpstreamConfig {
     pub max_redirects: u8,
     /// Idle pooled connections kept per host.
     pub pool_max_idle: usize,
+    /// Consecutive failures (unreachable, timeout, 502/503/504) after which GitLab is marked
+    /// down: callers then get stale answers at once instead of waiting for timeouts.
+    pub failure_threshold: u32,
+    /// How long GitLab stays marked down before one probe request may try it again.
+    #[serde(with = "humantime_serde")]
+    pub down_backoff: Duration,
 }
 
 /// TLS for the proxy's own listener; both files or neither.
@@ -87,6 +93,17 @@ pub struct CacheConfig {
     /// How long `@v/list`, dependency answers and spec indexes are served without asking GitLab.
     #[serde(with = "humantime_serde")]
     pub metadata_ttl: Duration,
+    /// Past the TTL and up to this age, a cached answer is served at once while one
+    /// background request refreshes it; older answers wait for GitLab.
+    #[serde(with = "humantime_serde")]
+    pub metadata_max_stale: Duration,
+    /// While GitLab is unreachable, metadata and artifacts are served to callers GitLab
+    /// accepted for the project within this period (answers up to this age).
+    #[serde(with = "humantime_serde")]
+    pub offline_grace: Duration,
+    /// How long GitLab's 404 is replayed to the same credential without asking again.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
     /// How long GitLab's acceptance of a caller for a project is trusted.
     #[serde(with = "humantime_serde")]
     pub auth_ttl: Duration,
@@ -149,6 +166,8 @@ impl Default for UpstreamConfig {
             body_idle_timeout: Duration::from_secs(30),
             max_redirects: 5,
             pool_max_idle: 32,
+            failure_threshold: 3,
+            down_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -167,6 +186,9 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             metadata_ttl: Duration::from_secs(60),
+            metadata_max_stale: Duration::from_secs(600),
+            offline_grace: Duration::from_secs(7 * 24 * 3600),
+            negative_ttl: Duration::from_secs(30),
             auth_ttl: Duration::from_secs(300),
             memory_max_bytes: ByteSize::mib(256),
             memory_entry_max_bytes: ByteSize::mib(16),
@@ -312,6 +334,16 @@ impl Config {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert_file and tls.key_file must be given together".to_owned(),
+            ));
+        }
+        if self.cache.metadata_max_stale < self.cache.metadata_ttl {
+            return Err(ConfigError::Invalid(
+                "cache.metadata_max_stale must be at least cache.metadata_ttl".to_owned(),
+            ));
+        }
+        if self.upstream.failure_threshold == 0 {
+            return Err(ConfigError::Invalid(
+                "upstream.failure_threshold must be at least 1".to_owned(),
             ));
         }
         if self.cache.memory_entry_max_bytes > self.cache.memory_max_bytes {
@@ -509,6 +541,30 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub metadata_ttl: Option<String>,
+    /// Age up to which a cached list is served while it is refreshed in the background [default: 10m].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_METADATA_MAX_STALE",
+        value_name = "DURATION"
+    )]
+    pub metadata_max_stale: Option<String>,
+    /// How long cached answers keep serving known callers while GitLab is down [default: 7days].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE_GRACE",
+        value_name = "DURATION"
+    )]
+    pub offline_grace: Option<String>,
+    /// How long GitLab's 404 is replayed to the same credential [default: 30s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_NEGATIVE_TTL",
+        value_name = "DURATION"
+    )]
+    pub negative_ttl: Option<String>,
     /// How long GitLab's acceptance of a caller for a project is trusted [default: 5m].
     #[arg(
         long,
@@ -557,7 +613,7 @@ pub struct Overrides {
 impl Overrides {
     /// The settings given, as `(dotted key, value)` pairs for figment.
     fn pairs(&self) -> Vec<(&'static str, String)> {
-        let strings: [(&'static str, &Option<String>); 18] = [
+        let strings: [(&'static str, &Option<String>); 21] = [
             ("listen", &self.listen),
             ("upstream.url", &self.upstream),
             ("data_dir", &self.data_dir),
@@ -574,6 +630,9 @@ impl Overrides {
             ("server.max_upload_bytes", &self.max_upload_bytes),
             ("server.shutdown_grace", &self.shutdown_grace),
             ("cache.metadata_ttl", &self.metadata_ttl),
+            ("cache.metadata_max_stale", &self.metadata_max_stale),
+            ("cache.offline_grace", &self.offline_grace),
+            ("cache.negative_ttl", &self.negative_ttl),
             ("cache.auth_ttl", &self.auth_ttl),
             ("cache.memory_max_bytes", &self.memory_max_bytes),
             ("store.max_bytes", &self.cache_max_bytes),

@@ -24,6 +24,15 @@ pub enum Error {
     /// GitLab did not answer in time.
     #[error("GitLab did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
+    /// GitLab answered with a server error.
+    #[error("GitLab answered {0}")]
+    UpstreamStatus(http::StatusCode),
+    /// GitLab failed repeatedly and is not asked again until its backoff ends.
+    #[error("GitLab is marked down after repeated failures; retrying in {0:?}")]
+    UpstreamDown(std::time::Duration),
+    /// GitLab cannot be asked, and this caller was never accepted before: fail closed.
+    #[error("GitLab is unavailable and cannot confirm this caller's access to the project ({0})")]
+    Unconfirmed(String),
     /// GitLab answered something that is not a usable HTTP response.
     #[error("GitLab sent a bad answer: {0}")]
     UpstreamProtocol(String),
@@ -33,13 +42,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether GitLab itself failed (as opposed to the request or the proxy): the cases in
+    /// which stale answers may stand in.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            Error::UpstreamConnect(_)
+            | Error::UpstreamTimeout(_)
+            | Error::UpstreamProtocol(_)
+            | Error::UpstreamStatus(_)
+            | Error::UpstreamDown(_) => true,
+            Error::Route(_)
+            | Error::PayloadTooLarge
+            | Error::Unconfirmed(_)
+            | Error::Internal(_) => false,
+        }
+    }
+
     /// The one status map: exhaustive on purpose, so a new variant must choose its status.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             Error::Route(RouteError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UpstreamConnect(_) | Error::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamConnect(_) | Error::UpstreamProtocol(_) | Error::UpstreamStatus(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Error::UpstreamDown(_) | Error::Unconfirmed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -62,6 +90,9 @@ impl Error {
             Error::PayloadTooLarge
             | Error::UpstreamConnect(_)
             | Error::UpstreamTimeout(_)
+            | Error::UpstreamStatus(_)
+            | Error::UpstreamDown(_)
+            | Error::Unconfirmed(_)
             | Error::UpstreamProtocol(_) => (
                 "text/plain; charset=utf-8",
                 format!("gitlab-pkg-cache: {self}\n"),
@@ -103,9 +134,14 @@ mod tests {
             Error::UpstreamConnect("connection refused".into()),
             Error::UpstreamTimeout(std::time::Duration::from_secs(3)),
             Error::UpstreamProtocol("reset".into()),
+            Error::UpstreamStatus(StatusCode::INTERNAL_SERVER_ERROR),
+            Error::UpstreamDown(std::time::Duration::from_secs(4)),
         ] {
             let (status, text) = body_of(e).await;
-            assert!(status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT);
+            assert!(
+                status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR,
+                "{status}"
+            );
             assert!(text.starts_with("gitlab-pkg-cache: GitLab"), "{text}");
         }
     }

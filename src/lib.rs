@@ -18,13 +18,16 @@
 //! - [`cache`]: the memory tier, single-flight fills and cache outcomes.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait.
 //! - [`upstream`]: the pooled client towards GitLab.
+//! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
 //! - [`error`]: one error type and its one status map; [`body`]: body plumbing; [`tls`].
 
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod server;

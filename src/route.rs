@@ -112,6 +112,7 @@ pub enum Endpoint {
     Package(PackageRoute),
     Health,
     Ready,
+    Metrics,
 }
 
 /// Why a request was answered locally instead of being routed.
@@ -142,6 +143,7 @@ impl Endpoint {
         match path {
             "/-/healthz" if read => return Ok(Endpoint::Health),
             "/-/readyz" if read => return Ok(Endpoint::Ready),
+            "/-/pkg-cache/metrics" if read => return Ok(Endpoint::Metrics),
             _ => {}
         }
         let rest = path.strip_prefix(PROJECTS).ok_or(RouteError::NotFound)?;
@@ -506,6 +508,7 @@ mod tests {
     fn ops_endpoints() {
         assert_eq!(parse("GET", "/-/healthz"), Ok(Endpoint::Health));
         assert_eq!(parse("GET", "/-/readyz"), Ok(Endpoint::Ready));
+        assert_eq!(parse("GET", "/-/pkg-cache/metrics"), Ok(Endpoint::Metrics));
         assert_eq!(parse("POST", "/-/healthz"), Err(RouteError::NotFound));
     }
 

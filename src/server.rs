@@ -125,6 +125,7 @@ async fn maintain(state: Arc<AppState>) {
         }
         match store.evict(policy).await {
             Ok(report) if report.artifacts > 0 => {
+                state.metrics.evicted(report.artifacts, report.bytes);
                 tracing::info!(
                     artifacts = report.artifacts,
                     bytes = report.bytes,

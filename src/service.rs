@@ -14,13 +14,14 @@ use tokio::sync::watch;
 use crate::auth::{Caller, DecisionKey};
 use crate::body::{self, collect_limited, Body, BodyError, Collected, Prefixed};
 use crate::cache::fill::{Joined, Leader, NotStarted, Progress, Reader};
-use crate::cache::memory::{keep_header, CachedResponse};
+use crate::cache::memory::{keep_header, CachedResponse, Lookup};
 use crate::cache::CacheOutcome;
 use crate::error::Error;
+use crate::metrics::{AuthResult, Snapshot};
 use crate::route::{CacheClass, Endpoint, PackageRoute};
 use crate::state::AppState;
 use crate::telemetry::{AccessLog, LoggedBody};
-use crate::upstream::{forward_headers, UpstreamRequest};
+use crate::upstream::{forward_headers, UpstreamRequest, UpstreamResponse};
 
 /// A response and how it came to be.
 pub struct Handled {
@@ -53,18 +54,20 @@ pub async fn handle(
         Ok(Endpoint::Package(route)) => (route.name(), route.path().to_owned()),
         Ok(Endpoint::Health) => ("healthz", request.uri().path().to_owned()),
         Ok(Endpoint::Ready) => ("readyz", request.uri().path().to_owned()),
+        Ok(Endpoint::Metrics) => ("metrics", request.uri().path().to_owned()),
         // The path of an unrouted request is not logged in full: it may be anything.
         Err(_) => ("unrouted", truncate(request.uri().path(), 256)),
     };
     let result = match endpoint {
         Ok(Endpoint::Package(route)) => package(&state, route, request, peer.ip()).await,
-        Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n")),
-        Ok(Endpoint::Ready) => Ok(plain(StatusCode::OK, "ready\n")),
+        Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n".to_owned())),
+        Ok(Endpoint::Ready) => Ok(ready(&state).await),
+        Ok(Endpoint::Metrics) => Ok(metrics(&state)),
         Err(e) => Err(Error::Route(e)),
     };
     let handled = result.unwrap_or_else(|e| {
         let outcome = match e {
-            Error::Route(_) | Error::PayloadTooLarge => CacheOutcome::Local,
+            Error::Route(_) | Error::PayloadTooLarge | Error::Unconfirmed(_) => CacheOutcome::Local,
             _ => CacheOutcome::Miss,
         };
         if e.status().is_server_error() {
@@ -82,6 +85,7 @@ pub async fn handle(
         .headers
         .insert("x-cache", HeaderValue::from_static(outcome.as_str()));
     let log = AccessLog {
+        metrics: state.metrics.clone(),
         method,
         route: route_name,
         path,
@@ -100,7 +104,7 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Handled {
+fn plain(status: StatusCode, text: String) -> Handled {
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -110,8 +114,49 @@ fn plain(status: StatusCode, text: &'static str) -> Handled {
     Handled::new(response, CacheOutcome::Local, None)
 }
 
+/// `/-/readyz`: ready when the store answers; GitLab being down is reported, not fatal,
+/// since serving from cache during an outage is part of the job.
+async fn ready(state: &AppState) -> Handled {
+    let store = state.fills.store();
+    let probe = store.put_record("health", b"readyz", b"1").await;
+    let gitlab = if state.upstream.is_up() {
+        "up"
+    } else {
+        "degraded (marked down)"
+    };
+    match probe {
+        Ok(()) => plain(
+            StatusCode::OK,
+            format!("ready\nstore: ok\ngitlab: {gitlab}\n"),
+        ),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\nstore: {e}\ngitlab: {gitlab}\n"),
+        ),
+    }
+}
+
+/// `/-/pkg-cache/metrics`: Prometheus text exposition.
+fn metrics(state: &AppState) -> Handled {
+    let usage = state.fills.store().usage();
+    let text = state.metrics.encode(Snapshot {
+        fills_in_flight: state.fills.in_flight() as u64,
+        fill_waiters: state.fills.waiting() as u64,
+        store_bytes: usage.bytes,
+        store_artifacts: usage.artifacts,
+        memory_bytes: state.memory.weighted_size(),
+        upstream_up: state.upstream.is_up(),
+    });
+    let mut handled = plain(StatusCode::OK, text);
+    handled.response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    handled
+}
+
 async fn package(
-    state: &AppState,
+    state: &Arc<AppState>,
     route: PackageRoute,
     request: Request<Incoming>,
     client: IpAddr,
@@ -130,68 +175,22 @@ async fn package(
     }
 }
 
-/// Lists, dependency answers and spec indexes: memory tier behind the authorization gate.
-async fn metadata(
-    state: &AppState,
-    route: &PackageRoute,
-    decision: &DecisionKey,
-    request: Request<Incoming>,
-    client: IpAddr,
-) -> Result<Handled, Error> {
-    let head = request.method() == Method::HEAD;
-    let headers = forward_headers(request.headers(), client, true);
-    let key = route.content_key();
-    if let Some(entry) = state.memory.get_fresh(&key).await {
-        if state.gate.is_accepted(decision).await {
-            return Ok(serve_cached(&entry, head, CacheOutcome::Hit, None));
+/// What GitLab said to a request whose answer may be cached.
+enum Fetched {
+    /// An answer to pass on or keep (any status but a server error).
+    Answer(UpstreamResponse, Duration),
+    /// GitLab failed: unreachable, timed out, marked down, or a 5xx.
+    Failed(Error),
+}
+
+async fn fetch(state: &AppState, request: UpstreamRequest) -> Result<Fetched, Error> {
+    match state.upstream.send(request).await {
+        Ok((response, _)) if response.status().is_server_error() => {
+            Ok(Fetched::Failed(Error::UpstreamStatus(response.status())))
         }
-        if !route.is_own_probe() {
-            let (probe, took) = state
-                .upstream
-                .send(get(route.probe_path_and_query(), headers, false))
-                .await?;
-            if probe.status() == StatusCode::OK {
-                state.gate.accept(decision.clone()).await;
-                return Ok(serve_cached(&entry, head, CacheOutcome::Hit, Some(took)));
-            }
-            // GitLab authorizes before it looks at the resource, so its refusal of the
-            // probe is its refusal of this request: relay it, and nothing from the cache.
-            return Ok(Handled::new(
-                relay(probe, head),
-                CacheOutcome::Refused,
-                Some(took),
-            ));
-        }
-    }
-    let (response, took) = state
-        .upstream
-        .send(get(route.path_and_query(), headers, true))
-        .await?;
-    if response.status() != StatusCode::OK {
-        return Ok(Handled::new(
-            relay(response, head),
-            CacheOutcome::Miss,
-            Some(took),
-        ));
-    }
-    state.gate.accept(decision.clone()).await;
-    let (parts, incoming) = response.into_parts();
-    let limit =
-        usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
-    match collect_limited(incoming, limit).await.map_err(body_error)? {
-        Collected::Complete(bytes) => {
-            let entry = Arc::new(CachedResponse::new(&parts.headers, bytes));
-            state.memory.insert(key, entry.clone()).await;
-            Ok(serve_cached(&entry, head, CacheOutcome::Miss, Some(took)))
-        }
-        Collected::TooLarge { prefix, rest } => {
-            let response = Response::from_parts(parts, Prefixed::new(prefix, rest));
-            Ok(Handled::new(
-                relay(response, head),
-                CacheOutcome::Bypass,
-                Some(took),
-            ))
-        }
+        Ok((response, took)) => Ok(Fetched::Answer(response, took)),
+        Err(e) if e.is_upstream_failure() => Ok(Fetched::Failed(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -204,7 +203,8 @@ enum Authorized {
 }
 
 /// The gate in front of every cached byte: a remembered acceptance, or GitLab's answer to
-/// the route's cheap probe, made with the caller's own credentials.
+/// the route's cheap probe made with the caller's own credentials. While GitLab cannot be
+/// asked, only callers it accepted within the offline grace pass (fail closed).
 async fn authorize(
     state: &AppState,
     route: &PackageRoute,
@@ -213,23 +213,241 @@ async fn authorize(
     head: bool,
 ) -> Result<Authorized, Error> {
     if state.gate.is_accepted(decision).await {
+        state.metrics.auth(AuthResult::Remembered);
         return Ok(Authorized::Yes(None));
     }
-    let (probe, took) = state
-        .upstream
-        .send(get(route.probe_path_and_query(), headers.clone(), false))
-        .await?;
-    if probe.status() == StatusCode::OK {
-        state.gate.accept(decision.clone()).await;
-        return Ok(Authorized::Yes(Some(took)));
+    match fetch(
+        state,
+        get(route.probe_path_and_query(), headers.clone(), false),
+    )
+    .await?
+    {
+        Fetched::Answer(probe, took) if probe.status() == StatusCode::OK => {
+            state.metrics.auth(AuthResult::ProbeAccepted);
+            state.gate.accept(decision.clone()).await;
+            Ok(Authorized::Yes(Some(took)))
+        }
+        Fetched::Answer(probe, took) => {
+            // GitLab authorizes before it looks at the resource, so its refusal of the
+            // probe is its refusal of this request: relay it, and nothing from the cache.
+            state.metrics.auth(AuthResult::ProbeRefused);
+            Ok(Authorized::No(Handled::new(
+                relay(probe, head),
+                CacheOutcome::Refused,
+                Some(took),
+            )))
+        }
+        Fetched::Failed(error) => confirmed_earlier(state, decision, error)
+            .await
+            .map(|()| Authorized::Yes(None)),
     }
-    // GitLab authorizes before it looks at the resource, so its refusal of the probe is its
-    // refusal of this request: relay it, and nothing from the cache.
-    Ok(Authorized::No(Handled::new(
-        relay(probe, head),
-        CacheOutcome::Refused,
-        Some(took),
-    )))
+}
+
+/// While GitLab cannot be asked: `Ok` if it accepted this caller for this project within the
+/// offline grace, otherwise the 503 that fails closed.
+async fn confirmed_earlier(
+    state: &AppState,
+    decision: &DecisionKey,
+    error: Error,
+) -> Result<(), Error> {
+    let grace = state.config.cache.offline_grace;
+    if state
+        .gate
+        .accepted_ago(decision)
+        .await
+        .is_some_and(|ago| ago < grace)
+    {
+        state.metrics.auth(AuthResult::Grace);
+        Ok(())
+    } else {
+        state.metrics.auth(AuthResult::Unconfirmed);
+        Err(Error::Unconfirmed(error.to_string()))
+    }
+}
+
+/// Lists, dependency answers and spec indexes: memory tier (written through to the store)
+/// behind the authorization gate, refreshed in the background once stale, and standing in
+/// for GitLab while it is down.
+async fn metadata(
+    state: &Arc<AppState>,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let head = request.method() == Method::HEAD;
+    let headers = forward_headers(request.headers(), client, true);
+    let key = route.content_key();
+    let cache = &state.config.cache;
+    if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
+        if not_found.age < cache.negative_ttl {
+            return Ok(serve_cached(
+                &not_found.response,
+                StatusCode::NOT_FOUND,
+                head,
+                CacheOutcome::Hit,
+                None,
+            ));
+        }
+    }
+    let cached = state.memory.get(&key).await;
+    if let Some(Lookup { response, age }) = &cached {
+        let usable = *age < cache.metadata_max_stale;
+        // A route that is its own probe is simply fetched again for an unknown caller.
+        let known = !route.is_own_probe() || state.gate.is_accepted(decision).await;
+        if usable && known {
+            return match authorize(state, route, decision, &headers, head).await? {
+                Authorized::Yes(took) => {
+                    if *age >= cache.metadata_ttl {
+                        refresh_in_background(state, route, &key, &headers);
+                    }
+                    Ok(serve_cached(
+                        response,
+                        StatusCode::OK,
+                        head,
+                        CacheOutcome::Hit,
+                        took,
+                    ))
+                }
+                Authorized::No(refusal) => Ok(refusal),
+            };
+        }
+    }
+    match fetch(state, get(route.path_and_query(), headers, true)).await? {
+        Fetched::Answer(response, took) => {
+            let status = response.status();
+            if status == StatusCode::OK {
+                state.gate.accept(decision.clone()).await;
+            }
+            keep_answer(state, decision, key, response, head, took).await
+        }
+        Fetched::Failed(error) => {
+            if let Some(Lookup { response, .. }) = cached.filter(|c| c.age < cache.offline_grace) {
+                confirmed_earlier(state, decision, error).await?;
+                return Ok(serve_cached(
+                    &response,
+                    StatusCode::OK,
+                    head,
+                    CacheOutcome::Stale,
+                    None,
+                ));
+            }
+            // The go command walks a GOPROXY list on 404s: a remembered "not here" for this
+            // caller keeps that walk working during the outage.
+            if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
+                if not_found.age < cache.offline_grace {
+                    return Ok(serve_cached(
+                        &not_found.response,
+                        StatusCode::NOT_FOUND,
+                        head,
+                        CacheOutcome::Stale,
+                        None,
+                    ));
+                }
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Keeps GitLab's answer where it may be kept (a 200 for everyone GitLab accepts, a 404 for
+/// this caller only) and passes it on.
+async fn keep_answer(
+    state: &AppState,
+    decision: &DecisionKey,
+    key: String,
+    response: UpstreamResponse,
+    head: bool,
+    took: Duration,
+) -> Result<Handled, Error> {
+    let status = response.status();
+    if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
+        return Ok(Handled::new(
+            relay(response, head),
+            CacheOutcome::Miss,
+            Some(took),
+        ));
+    }
+    let (parts, incoming) = response.into_parts();
+    let limit =
+        usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
+    match collect_limited(incoming, limit).await.map_err(body_error)? {
+        Collected::Complete(bytes) => {
+            let entry = Arc::new(CachedResponse::new(
+                &parts.headers,
+                bytes,
+                state.memory.now_ms(),
+            ));
+            if status == StatusCode::OK {
+                state.memory.insert(key, entry.clone()).await;
+            } else {
+                state
+                    .memory
+                    .insert_negative(decision.caller, key, entry.clone())
+                    .await;
+            }
+            Ok(serve_cached(
+                &entry,
+                status,
+                head,
+                CacheOutcome::Miss,
+                Some(took),
+            ))
+        }
+        Collected::TooLarge { prefix, rest } => {
+            let response = Response::from_parts(parts, Prefixed::new(prefix, rest));
+            Ok(Handled::new(
+                relay(response, head),
+                CacheOutcome::Bypass,
+                Some(took),
+            ))
+        }
+    }
+}
+
+/// Refreshes a stale answer once, in the background, with the credentials of the caller who
+/// found it stale (held only for the refresh). Concurrent refreshes of one key coalesce.
+fn refresh_in_background(
+    state: &Arc<AppState>,
+    route: &PackageRoute,
+    key: &str,
+    headers: &http::HeaderMap,
+) {
+    {
+        let mut refreshing = state
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !refreshing.insert(key.to_owned()) {
+            return;
+        }
+    }
+    let state = state.clone();
+    let key = key.to_owned();
+    let request = get(route.path_and_query(), headers.clone(), true);
+    tokio::spawn(async move {
+        match fetch(&state, request).await {
+            Ok(Fetched::Answer(response, _)) if response.status() == StatusCode::OK => {
+                let (parts, incoming) = response.into_parts();
+                let limit = usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64())
+                    .unwrap_or(usize::MAX);
+                if let Ok(Collected::Complete(bytes)) = collect_limited(incoming, limit).await {
+                    let entry = CachedResponse::new(&parts.headers, bytes, state.memory.now_ms());
+                    state.memory.insert(key.clone(), Arc::new(entry)).await;
+                }
+            }
+            // GitLab no longer serves it (to this caller at least): stop serving it from cache.
+            Ok(Fetched::Answer(response, _)) if response.status().is_client_error() => {
+                state.memory.remove(&key).await;
+            }
+            Ok(_) | Err(_) => {}
+        }
+        state
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+    });
 }
 
 /// Immutable artifacts: the store, or one single-flight fill from GitLab.
@@ -260,7 +478,7 @@ async fn artifact(
                     took,
                 ));
             }
-            let mut reader = Reader::committed(store.clone(), key.clone(), &meta, pin);
+            let mut reader = Reader::committed(&state.fills, key.clone(), &meta, pin);
             // The first chunk is read before answering, so a damaged artifact found here is
             // refetched instead of failing the request.
             match reader.next_chunk().await {
@@ -284,6 +502,17 @@ async fn artifact(
             tracing::warn!(%key, error = %e, "artifact store lookup failed; fetching from GitLab")
         }
     }
+    if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
+        if not_found.age < state.config.cache.negative_ttl {
+            return Ok(serve_cached(
+                &not_found.response,
+                StatusCode::NOT_FOUND,
+                head,
+                CacheOutcome::Hit,
+                None,
+            ));
+        }
+    }
     if head {
         return relay_route(state, route, Some(decision), request, client).await;
     }
@@ -291,7 +520,9 @@ async fn artifact(
     // leading; after that the caller is served straight from GitLab.
     for _ in 0..2 {
         match state.fills.join(&key) {
-            Joined::Leader(leader) => return lead(state, route, decision, headers, leader).await,
+            Joined::Leader(leader) => {
+                return lead(state, route, decision, headers, key, leader).await
+            }
             Joined::Waiter(progress) => {
                 if let Some(handled) =
                     wait(state, route, decision, &headers, &key, progress).await?
@@ -311,20 +542,31 @@ async fn lead(
     route: &PackageRoute,
     decision: &DecisionKey,
     headers: http::HeaderMap,
+    key: String,
     leader: Leader,
 ) -> Result<Handled, Error> {
-    let (response, took) = state
-        .upstream
-        .send(get(route.path_and_query(), headers, true))
-        .await?;
+    let (response, took) = match fetch(state, get(route.path_and_query(), headers, true)).await? {
+        Fetched::Answer(response, took) => (response, took),
+        Fetched::Failed(error) => {
+            if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
+                if not_found.age < state.config.cache.offline_grace {
+                    return Ok(serve_cached(
+                        &not_found.response,
+                        StatusCode::NOT_FOUND,
+                        false,
+                        CacheOutcome::Stale,
+                        None,
+                    ));
+                }
+            }
+            return Err(error);
+        }
+    };
     if response.status() != StatusCode::OK {
         // Dropping the leader tells waiters to ask GitLab themselves: this answer was for
         // this caller's credentials only.
-        return Ok(Handled::new(
-            relay(response, false),
-            CacheOutcome::Miss,
-            Some(took),
-        ));
+        drop(leader);
+        return keep_answer(state, decision, key, response, false, took).await;
     }
     state.gate.accept(decision.clone()).await;
     let (parts, incoming) = response.into_parts();
@@ -383,23 +625,22 @@ async fn wait(
             break progress.borrow().clone();
         }
     };
-    let store = state.fills.store();
+    drop(waiting);
     let (fill, length, stored_headers) = match &state_now {
         Progress::Streaming { head, .. } => (head.fill, head.content_length, head.headers.clone()),
         Progress::Done { meta } => (meta.fill, Some(meta.len), meta.headers.clone()),
         Progress::Starting | Progress::Failed | Progress::NotFilled => return Ok(None),
     };
-    drop(waiting);
     let took = match authorize(state, route, decision, headers, false).await? {
         Authorized::Yes(took) => took,
         Authorized::No(refusal) => return Ok(Some(refusal)),
     };
-    let Some(pin) = store.pin(fill) else {
+    let Some(pin) = state.fills.store().pin(fill) else {
         return Ok(None);
     };
     let reader = match &state_now {
-        Progress::Done { meta } => Reader::committed(store.clone(), key.to_owned(), meta, pin),
-        _ => Reader::following(store.clone(), key.to_owned(), fill, progress, pin),
+        Progress::Done { meta } => Reader::committed(&state.fills, key.to_owned(), meta, pin),
+        _ => Reader::following(&state.fills, key.to_owned(), fill, progress, pin),
     };
     let body = reader.into_body(None);
     Ok(Some(artifact_response(
@@ -527,6 +768,7 @@ where
 
 fn serve_cached(
     entry: &CachedResponse,
+    status: StatusCode,
     head: bool,
     outcome: CacheOutcome,
     upstream: Option<Duration>,
@@ -536,6 +778,7 @@ fn serve_cached(
     } else {
         body::full(entry.body.clone())
     });
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     for (name, value) in &entry.headers {
         headers.append(name.clone(), value.clone());

@@ -1,6 +1,7 @@
 //! Everything a request needs, built once at start-up and shared: config, tiers, gate, client.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use tokio_rustls::TlsAcceptor;
 
@@ -9,6 +10,7 @@ use crate::cache::fill::Fills;
 use crate::cache::memory::MemoryTier;
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::storage::{ArtifactStore, SledStore, Store};
 use crate::tls;
 use crate::upstream::Upstream;
@@ -21,6 +23,9 @@ pub struct AppState {
     pub key: FingerprintKey,
     pub gate: Gate,
     pub memory: MemoryTier,
+    /// Content keys whose background refresh is under way (one at a time per key).
+    pub refreshing: Mutex<HashSet<String>>,
+    pub metrics: Arc<Metrics>,
     /// Artifact fills in flight, and the store they write to.
     pub fills: Fills,
     pub upstream: Upstream,
@@ -57,16 +62,27 @@ impl AppState {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
-        let upstream = Upstream::new(&config.upstream, config.upstream_url().clone())?;
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Upstream::new(
+            &config.upstream,
+            config.upstream_url().clone(),
+            metrics.clone(),
+        )?;
         let store = Store::new(store);
-        let fills = Fills::new(store.clone(), config.eviction_policy());
+        let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone());
         Ok(Arc::new(AppState {
             fills,
-            gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store)),
+            gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
             memory: MemoryTier::new(
-                config.cache.metadata_ttl,
                 config.cache.memory_max_bytes.as_u64(),
+                config
+                    .cache
+                    .offline_grace
+                    .max(config.cache.metadata_max_stale),
+                Some(store),
             ),
+            refreshing: Mutex::default(),
+            metrics,
             key,
             upstream,
             tls,

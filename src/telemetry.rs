@@ -1,6 +1,7 @@
 //! Logging: tracing-subscriber set up as text or JSON, and the one access-log event per request.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cache::CacheOutcome;
 use crate::config::{LogConfig, LogFormat};
+use crate::metrics::Metrics;
 
 /// Installs the global subscriber. Fails if the filter does not parse.
 pub fn init(config: &LogConfig) -> Result<(), String> {
@@ -30,6 +32,7 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
 /// those are where credentials travel.
 #[derive(Debug)]
 pub struct AccessLog {
+    pub metrics: Arc<Metrics>,
     pub method: Method,
     pub route: &'static str,
     pub path: String,
@@ -108,6 +111,8 @@ where
 }
 
 fn emit(log: &AccessLog, bytes: u64, complete: bool) {
+    log.metrics
+        .request(log.route, log.status, log.outcome, bytes);
     let upstream_ms = log.upstream.map(|d| d.as_secs_f64() * 1000.0);
     tracing::info!(
         target: "gitlab_pkg_cache::access",

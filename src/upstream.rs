@@ -2,6 +2,7 @@
 //! directions, timeouts, and redirects to object storage followed on the caller's behalf.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::body::{self, Body, IdleTimeout};
+use crate::clock::Clock;
 use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// Headers that describe one connection and never cross the proxy (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
@@ -76,10 +79,87 @@ pub struct Upstream {
     response_timeout: Duration,
     body_idle_timeout: Duration,
     max_redirects: u8,
+    health: Health,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether GitLab is worth asking: after `threshold` consecutive failures it is marked down
+/// for `backoff`; then one request at a time (the probe) may try it again.
+struct Health {
+    clock: Clock,
+    failures: AtomicU32,
+    /// Clock milliseconds until which GitLab is down; 0 while it is up.
+    down_until_ms: AtomicU64,
+    probing: Arc<AtomicBool>,
+    threshold: u32,
+    backoff: Duration,
+}
+
+/// Admission to send a request; a probe of a down GitLab holds the single probe slot.
+struct Admission {
+    probe: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(slot) = self.probe.take() {
+            slot.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Health {
+    fn admit(&self) -> Result<Admission, Error> {
+        let until = self.down_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(Admission { probe: None });
+        }
+        let now = self.clock.now_ms();
+        if now < until {
+            return Err(Error::UpstreamDown(Duration::from_millis(until - now)));
+        }
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Ok(Admission {
+                probe: Some(self.probing.clone()),
+            });
+        }
+        // Another request is probing: do not pile onto a GitLab that may still be down.
+        Err(Error::UpstreamDown(Duration::ZERO))
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Release);
+        if self.down_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("GitLab answers again; marked up");
+        }
+    }
+
+    fn failed(&self, admission: &Admission) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.threshold || admission.probe.is_some() {
+            let backoff_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX);
+            let until = self.clock.now_ms().saturating_add(backoff_ms).max(1);
+            if self.down_until_ms.swap(until, Ordering::AcqRel) == 0 {
+                tracing::warn!(failures, backoff = ?self.backoff, "GitLab marked down");
+            }
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.down_until_ms.load(Ordering::Acquire) == 0
+    }
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, base: UpstreamUrl) -> Result<Upstream, Error> {
+    pub fn new(
+        config: &UpstreamConfig,
+        base: UpstreamUrl,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, Error> {
         let tls = tls_client_config(config.ca_file.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -102,11 +182,59 @@ impl Upstream {
             response_timeout: config.response_timeout,
             body_idle_timeout: config.body_idle_timeout,
             max_redirects: config.max_redirects,
+            health: Health {
+                clock: Clock::new(),
+                failures: AtomicU32::new(0),
+                down_until_ms: AtomicU64::new(0),
+                probing: Arc::new(AtomicBool::new(false)),
+                threshold: config.failure_threshold,
+                backoff: config.down_backoff,
+            },
+            metrics,
         })
     }
 
-    /// Sends `request`; returns GitLab's response once its headers arrived, plus the time it took.
+    /// False while GitLab is marked down after repeated failures.
+    pub fn is_up(&self) -> bool {
+        self.health.is_up()
+    }
+
+    /// Sends `request`; returns GitLab's response once its headers arrived, plus the time it
+    /// took. Failures of GitLab itself (unreachable, timeout, 502/503/504) count towards
+    /// marking it down; while it is down, this fails at once with [`Error::UpstreamDown`].
     pub async fn send(
+        &self,
+        request: UpstreamRequest,
+    ) -> Result<(UpstreamResponse, Duration), Error> {
+        let admission = self.health.admit()?;
+        let result = self.exchange(request).await;
+        match &result {
+            Ok((response, took)) => {
+                self.metrics.upstream_answered(*took);
+                if matches!(response.status().as_u16(), 502..=504) {
+                    self.metrics.upstream_error("status");
+                    self.health.failed(&admission);
+                } else {
+                    self.health.succeeded();
+                }
+            }
+            Err(e) => {
+                let kind = match e {
+                    Error::UpstreamConnect(_) => "connect",
+                    Error::UpstreamTimeout(_) => "timeout",
+                    Error::UpstreamProtocol(_) => "protocol",
+                    _ => "other",
+                };
+                self.metrics.upstream_error(kind);
+                if e.is_upstream_failure() {
+                    self.health.failed(&admission);
+                }
+            }
+        }
+        result
+    }
+
+    async fn exchange(
         &self,
         request: UpstreamRequest,
     ) -> Result<(UpstreamResponse, Duration), Error> {

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, Body, BoxError};
+use crate::metrics::Metrics;
 use crate::storage::{ArtifactMeta, Commit, EvictionPolicy, FillId, PinGuard, Store, StoreError};
 
 /// Size of the chunks artifacts are stored in.
@@ -63,6 +64,7 @@ pub struct Fills {
     inflight: Inflight,
     policy: EvictionPolicy,
     waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 /// Counts a caller as waiting on another's fill for as long as it lives.
@@ -75,12 +77,13 @@ impl Drop for WaitingGuard {
 }
 
 impl Fills {
-    pub fn new(store: Store, policy: EvictionPolicy) -> Fills {
+    pub fn new(store: Store, policy: EvictionPolicy, metrics: Arc<Metrics>) -> Fills {
         Fills {
             store,
             inflight: Arc::default(),
             policy,
             waiting: Arc::default(),
+            metrics,
         }
     }
 
@@ -112,6 +115,10 @@ impl Fills {
     /// Callers now waiting for a fill's first answer or following one.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Fills in flight now (for metrics).
@@ -368,6 +375,7 @@ enum Source {
 /// Reads an artifact's chunks from the store in order, for as long as the response lives.
 pub struct Reader {
     store: Store,
+    metrics: Arc<Metrics>,
     key: String,
     fill: FillId,
     next: u32,
@@ -377,9 +385,10 @@ pub struct Reader {
 
 impl Reader {
     /// A reader of a committed artifact.
-    pub fn committed(store: Store, key: String, meta: &ArtifactMeta, pin: PinGuard) -> Reader {
+    pub fn committed(fills: &Fills, key: String, meta: &ArtifactMeta, pin: PinGuard) -> Reader {
         Reader {
-            store,
+            store: fills.store.clone(),
+            metrics: fills.metrics.clone(),
             key,
             fill: meta.fill,
             next: 0,
@@ -392,14 +401,15 @@ impl Reader {
 
     /// A reader that follows a fill in flight from its first chunk.
     pub fn following(
-        store: Store,
+        fills: &Fills,
         key: String,
         fill: FillId,
         progress: watch::Receiver<Progress>,
         pin: PinGuard,
     ) -> Reader {
         Reader {
-            store,
+            store: fills.store.clone(),
+            metrics: fills.metrics.clone(),
             key,
             fill,
             next: 0,
@@ -448,6 +458,7 @@ impl Reader {
             Ok(None) => Err(format!("chunk {index} of {} vanished", self.key).into()),
             Err(e) => {
                 if matches!(e, StoreError::Corrupt { .. }) {
+                    self.metrics.corrupt_artifact();
                     tracing::warn!(key = %self.key, chunk = index, error = %e, "corrupt artifact dropped");
                     if let Err(e) = self.store.remove(&self.key).await {
                         tracing::warn!(key = %self.key, error = %e, "could not drop corrupt artifact");

@@ -1,24 +1,35 @@
-//! The in-memory tier: byte-bounded (moka) answers for lists, dependency queries and spec indexes.
+//! The metadata tier: lists, dependency answers and spec indexes in memory (moka, byte-bounded),
+//! written through to the store so they outlive a restart during a GitLab outage; plus the
+//! per-credential memory of GitLab's 404s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use tokio::time::Instant;
 
-/// A successful GitLab answer, as kept in memory.
+use crate::auth::Fingerprint;
+use crate::clock::Clock;
+use crate::storage::Store;
+
+/// Record namespace of persisted metadata answers.
+const METADATA: &str = "metadata";
+/// Version of the persisted metadata encoding.
+const ENCODING: u8 = 1;
+
+/// A GitLab answer worth replaying: a success (shared by every authorized caller) or a 404
+/// (kept only for the credential it was given to).
 #[derive(Debug)]
 pub struct CachedResponse {
     /// The headers worth replaying (content type and the like), see [`keep_header`].
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
-    /// When GitLab produced it, on tokio's clock (so tests can move time).
-    pub fetched_at: Instant,
+    /// When GitLab produced it, in [`Clock`] milliseconds.
+    pub fetched_at_ms: u64,
 }
 
 impl CachedResponse {
-    pub fn new(headers: &http::HeaderMap, body: Bytes) -> CachedResponse {
+    pub fn new(headers: &http::HeaderMap, body: Bytes, fetched_at_ms: u64) -> CachedResponse {
         CachedResponse {
             headers: headers
                 .iter()
@@ -26,17 +37,63 @@ impl CachedResponse {
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect(),
             body,
-            fetched_at: Instant::now(),
+            fetched_at_ms,
         }
     }
 
-    fn weight(&self, key: &str) -> u32 {
+    fn weight(&self, key_len: usize) -> u32 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len())
             .sum();
-        u32::try_from(key.len() + headers + self.body.len() + 64).unwrap_or(u32::MAX)
+        u32::try_from(key_len + headers + self.body.len() + 64).unwrap_or(u32::MAX)
+    }
+
+    /// `[version][fetched_at u64][header count u16]([name len u16][name][value len u32][value])*[body]`
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.body.len());
+        out.push(ENCODING);
+        out.extend_from_slice(&self.fetched_at_ms.to_be_bytes());
+        let count = u16::try_from(self.headers.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        for (name, value) in self.headers.iter().take(usize::from(count)) {
+            let name = name.as_str().as_bytes();
+            out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// `None` for anything that is not a well-formed record of this version.
+    fn decode(bytes: &[u8]) -> Option<CachedResponse> {
+        let mut rest = bytes;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        if take(1)? != [ENCODING] {
+            return None;
+        }
+        let fetched_at_ms = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let count = u16::from_be_bytes(take(2)?.try_into().ok()?);
+        let mut headers = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let len = u16::from_be_bytes(take(2)?.try_into().ok()?);
+            let name = HeaderName::from_bytes(take(usize::from(len))?).ok()?;
+            let len = u32::from_be_bytes(take(4)?.try_into().ok()?);
+            let value = HeaderValue::from_bytes(take(usize::try_from(len).ok()?)?).ok()?;
+            headers.push((name, value));
+        }
+        Some(CachedResponse {
+            headers,
+            body: Bytes::copy_from_slice(rest),
+            fetched_at_ms,
+        })
     }
 }
 
@@ -54,74 +111,200 @@ pub fn keep_header(name: &HeaderName) -> bool {
             | "last-modified"
             | "x-content-type-options"
             | "x-frame-options"
+            | "x-error-message"
     )
 }
 
-/// Memory-bounded map from content key to GitLab's last successful answer.
+/// A cached answer and its age.
+pub struct Lookup {
+    pub response: Arc<CachedResponse>,
+    pub age: Duration,
+}
+
+/// Memory-bounded map from content key to GitLab's last successful answer, written through
+/// to the store.
 #[derive(Clone)]
 pub struct MemoryTier {
     entries: moka::future::Cache<String, Arc<CachedResponse>>,
-    ttl: Duration,
+    negative: moka::future::Cache<(Fingerprint, String), Arc<CachedResponse>>,
+    store: Option<Store>,
+    clock: Clock,
 }
 
 impl MemoryTier {
-    pub fn new(ttl: Duration, max_bytes: u64) -> MemoryTier {
+    /// `keep` is how long anything is kept at all (the offline grace); freshness is the
+    /// caller's business, judged from [`Lookup::age`].
+    pub fn new(max_bytes: u64, keep: Duration, store: Option<Store>) -> MemoryTier {
+        let keep = keep.max(Duration::from_millis(1));
         MemoryTier {
             entries: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|key: &String, value: &Arc<CachedResponse>| value.weight(key))
-                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .weigher(|key: &String, value: &Arc<CachedResponse>| value.weight(key.len()))
+                .time_to_live(keep)
                 .build(),
-            ttl,
+            negative: moka::future::Cache::builder()
+                .max_capacity((max_bytes / 16).max(1 << 20))
+                .weigher(|key: &(Fingerprint, String), value: &Arc<CachedResponse>| {
+                    value.weight(key.1.len() + 32)
+                })
+                .time_to_live(keep)
+                .build(),
+            store,
+            clock: Clock::new(),
         }
     }
 
-    /// The cached answer if it is younger than the TTL.
-    pub async fn get_fresh(&self, key: &str) -> Option<Arc<CachedResponse>> {
-        let entry = self.entries.get(key).await?;
-        if entry.fetched_at.elapsed() < self.ttl {
-            Some(entry)
-        } else {
-            self.entries.invalidate(key).await;
-            None
-        }
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The last successful answer for `key`, from memory or, after a restart, from the store.
+    pub async fn get(&self, key: &str) -> Option<Lookup> {
+        let response = match self.entries.get(key).await {
+            Some(response) => response,
+            None => {
+                let store = self.store.as_ref()?;
+                let bytes = match store.get_record(METADATA, key.as_bytes()).await {
+                    Ok(bytes) => bytes?,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading persisted metadata failed");
+                        return None;
+                    }
+                };
+                let response = Arc::new(CachedResponse::decode(&bytes)?);
+                self.entries.insert(key.to_owned(), response.clone()).await;
+                response
+            }
+        };
+        Some(Lookup {
+            age: self.clock.age(response.fetched_at_ms),
+            response,
+        })
     }
 
     pub async fn insert(&self, key: String, response: Arc<CachedResponse>) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store
+                .put_record(METADATA, key.as_bytes(), &response.encode())
+                .await
+            {
+                tracing::warn!(error = %e, "persisting metadata failed; kept in memory only");
+            }
+        }
         self.entries.insert(key, response).await;
+    }
+
+    /// Forgets `key` (GitLab no longer answers it with a success).
+    pub async fn remove(&self, key: &str) {
+        self.entries.invalidate(key).await;
+        if let Some(store) = &self.store {
+            if let Err(e) = store.remove_record(METADATA, key.as_bytes()).await {
+                tracing::warn!(error = %e, "removing persisted metadata failed");
+            }
+        }
+    }
+
+    /// The 404 GitLab gave this caller for `key`, if remembered.
+    pub async fn get_negative(&self, caller: Fingerprint, key: &str) -> Option<Lookup> {
+        let response = self.negative.get(&(caller, key.to_owned())).await?;
+        Some(Lookup {
+            age: self.clock.age(response.fetched_at_ms),
+            response,
+        })
+    }
+
+    /// Remembers GitLab's 404 for this caller only.
+    pub async fn insert_negative(
+        &self,
+        caller: Fingerprint,
+        key: String,
+        response: Arc<CachedResponse>,
+    ) {
+        self.negative.insert((caller, key), response).await;
     }
 
     /// Bytes currently held (approximate: moka applies pending work lazily).
     pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+        self.entries.weighted_size() + self.negative.weighted_size()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::MemoryStore;
 
-    #[tokio::test(start_paused = true)]
-    async fn entries_expire_on_tokio_time() {
-        let tier = MemoryTier::new(Duration::from_secs(30), 1 << 20);
+    fn response(tier: &MemoryTier, body: &'static [u8]) -> Arc<CachedResponse> {
         let mut headers = http::HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         headers.insert("etag", HeaderValue::from_static("W/\"x\""));
         headers.insert("set-cookie", HeaderValue::from_static("a=b"));
-        tier.insert(
-            "k".into(),
-            Arc::new(CachedResponse::new(&headers, Bytes::from_static(b"v1.0.0"))),
-        )
-        .await;
-        let hit = tier.get_fresh("k").await.unwrap();
-        assert_eq!(&hit.body[..], b"v1.0.0");
-        assert_eq!(
-            hit.headers.len(),
-            1,
-            "only content headers kept: {:?}",
-            hit.headers
-        );
+        Arc::new(CachedResponse::new(
+            &headers,
+            Bytes::from_static(body),
+            tier.now_ms(),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ages_follow_tokio_time() {
+        let tier = MemoryTier::new(1 << 20, Duration::from_secs(3600), None);
+        tier.insert("k".into(), response(&tier, b"v1.0.0")).await;
+        let hit = tier.get("k").await.unwrap();
+        assert_eq!(&hit.response.body[..], b"v1.0.0");
+        assert_eq!(hit.response.headers.len(), 1, "only content headers kept");
+        assert!(hit.age < Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(tier.get_fresh("k").await.is_none());
+        assert!(tier.get("k").await.unwrap().age >= Duration::from_secs(31));
+    }
+
+    #[tokio::test]
+    async fn answers_survive_a_restart_through_the_store() {
+        let store = Store::new(Arc::new(MemoryStore::new()));
+        let tier = MemoryTier::new(1 << 20, Duration::from_secs(3600), Some(store.clone()));
+        tier.insert("list".into(), response(&tier, b"v1.0.0\nv1.1.0"))
+            .await;
+        let restarted = MemoryTier::new(1 << 20, Duration::from_secs(3600), Some(store.clone()));
+        let hit = restarted.get("list").await.unwrap();
+        assert_eq!(&hit.response.body[..], b"v1.0.0\nv1.1.0");
+        assert_eq!(hit.response.headers[0].1, "text/plain");
+        restarted.remove("list").await;
+        let again = MemoryTier::new(1 << 20, Duration::from_secs(3600), Some(store));
+        assert!(again.get("list").await.is_none());
+    }
+
+    #[test]
+    fn damaged_records_decode_to_nothing() {
+        let tier = MemoryTier::new(1 << 20, Duration::from_secs(1), None);
+        let encoded = response(&tier, b"body").encode();
+        assert!(CachedResponse::decode(&encoded).is_some());
+        for cut in 0..12 {
+            assert!(CachedResponse::decode(&encoded[..cut]).is_none(), "{cut}");
+        }
+        let mut other_version = encoded.clone();
+        other_version[0] = 9;
+        assert!(CachedResponse::decode(&other_version).is_none());
+    }
+
+    #[tokio::test]
+    async fn negative_answers_are_per_caller() {
+        let tier = MemoryTier::new(1 << 20, Duration::from_secs(3600), None);
+        let key = crate::auth::FingerprintKey::random();
+        let a = crate::auth::Caller::from_request(
+            &key,
+            &http::HeaderMap::new(),
+            Some("private_token=a"),
+        )
+        .fingerprint;
+        let b = crate::auth::Caller::from_request(
+            &key,
+            &http::HeaderMap::new(),
+            Some("private_token=b"),
+        )
+        .fingerprint;
+        tier.insert_negative(a, "k".into(), response(&tier, b"404"))
+            .await;
+        assert!(tier.get_negative(a, "k").await.is_some());
+        assert!(tier.get_negative(b, "k").await.is_none());
     }
 }

@@ -12,6 +12,9 @@ pub enum CacheOutcome {
     Miss,
     /// Joined a fetch already under way for another caller.
     Coalesced,
+    /// Served from cache past its freshness because GitLab could not be asked (or while a
+    /// background refresh runs).
+    Stale,
     /// Passed to GitLab and back without touching the cache (uploads, uncacheable routes).
     Bypass,
     /// A cached answer existed, but GitLab refused this caller; GitLab's refusal was sent.
@@ -26,6 +29,7 @@ impl CacheOutcome {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Stale => "stale",
             CacheOutcome::Bypass => "bypass",
             CacheOutcome::Refused => "refused",
             CacheOutcome::Local => "local",

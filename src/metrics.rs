@@ -1,0 +1,296 @@
+//! Prometheus metrics (prometheus-client): what is counted, and its text exposition.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::cache::CacheOutcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// How an authorization question was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum AuthResult {
+    /// GitLab's remembered acceptance.
+    Remembered,
+    /// GitLab asked now: yes.
+    ProbeAccepted,
+    /// GitLab asked now: no.
+    ProbeRefused,
+    /// GitLab unreachable; accepted earlier within the offline grace.
+    Grace,
+    /// GitLab unreachable and the caller never confirmed: refused.
+    Unconfirmed,
+}
+
+impl AuthResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Remembered => "remembered",
+            AuthResult::ProbeAccepted => "probe_accepted",
+            AuthResult::ProbeRefused => "probe_refused",
+            AuthResult::Grace => "grace",
+            AuthResult::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// Point-in-time values read from the proxy's state when metrics are scraped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Snapshot {
+    pub fills_in_flight: u64,
+    pub fill_waiters: u64,
+    pub store_bytes: u64,
+    pub store_artifacts: u64,
+    pub memory_bytes: u64,
+    pub upstream_up: bool,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    bytes: Family<SourceLabels, Counter>,
+    upstream_latency: Histogram,
+    upstream_errors: Family<KindLabels, Counter>,
+    auth: Family<ResultLabels, Counter>,
+    evicted_artifacts: Counter,
+    evicted_bytes: Counter,
+    corrupt: Counter,
+    fills_in_flight: Gauge,
+    fill_waiters: Gauge,
+    store_bytes: Gauge,
+    store_artifacts: Gauge,
+    memory_bytes: Gauge,
+    upstream_up: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gitlab_pkg_cache");
+        let metrics = Metrics {
+            registry: Mutex::new(Registry::default()),
+            requests: Family::default(),
+            bytes: Family::default(),
+            // 1 ms … ~33 s
+            upstream_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            upstream_errors: Family::default(),
+            auth: Family::default(),
+            evicted_artifacts: Counter::default(),
+            evicted_bytes: Counter::default(),
+            corrupt: Counter::default(),
+            fills_in_flight: Gauge::default(),
+            fill_waiters: Gauge::default(),
+            store_bytes: Gauge::default(),
+            store_artifacts: Gauge::default(),
+            memory_bytes: Gauge::default(),
+            upstream_up: Gauge::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests served, by route, status and cache outcome",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent, by source (cache or gitlab)",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "upstream_response_seconds",
+            "Time GitLab took to answer with response headers",
+            metrics.upstream_latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed exchanges with GitLab, by kind",
+            metrics.upstream_errors.clone(),
+        );
+        registry.register(
+            "auth_decisions",
+            "Authorization decisions, by how they were made",
+            metrics.auth.clone(),
+        );
+        registry.register(
+            "evicted_artifacts",
+            "Artifacts evicted from the store",
+            metrics.evicted_artifacts.clone(),
+        );
+        registry.register(
+            "evicted_bytes",
+            "Bytes evicted from the store",
+            metrics.evicted_bytes.clone(),
+        );
+        registry.register(
+            "corrupt_artifacts",
+            "Stored artifacts found damaged, dropped and fetched again",
+            metrics.corrupt.clone(),
+        );
+        registry.register(
+            "fills_in_flight",
+            "Artifact fills from GitLab under way",
+            metrics.fills_in_flight.clone(),
+        );
+        registry.register(
+            "fill_waiters",
+            "Callers waiting on another caller's fill",
+            metrics.fill_waiters.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes of artifacts in the store",
+            metrics.store_bytes.clone(),
+        );
+        registry.register(
+            "store_artifacts",
+            "Artifacts in the store",
+            metrics.store_artifacts.clone(),
+        );
+        registry.register(
+            "memory_tier_bytes",
+            "Bytes held by the in-memory metadata tier",
+            metrics.memory_bytes.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 while GitLab is considered reachable, 0 while it is marked down",
+            metrics.upstream_up.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            ..metrics
+        }
+    }
+
+    /// One finished request, with the bytes its body carried.
+    pub fn request(&self, route: &'static str, status: u16, outcome: CacheOutcome, bytes: u64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                status,
+                cache: outcome.as_str(),
+            })
+            .inc();
+        let source = match outcome {
+            CacheOutcome::Hit | CacheOutcome::Coalesced | CacheOutcome::Stale => "cache",
+            CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Refused => "gitlab",
+            CacheOutcome::Local => "local",
+        };
+        self.bytes
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
+
+    pub fn upstream_answered(&self, took: Duration) {
+        self.upstream_latency.observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn auth(&self, result: AuthResult) {
+        self.auth
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn evicted(&self, artifacts: u64, bytes: u64) {
+        self.evicted_artifacts.inc_by(artifacts);
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    pub fn corrupt_artifact(&self) {
+        self.corrupt.inc();
+    }
+
+    /// The text exposition, with the gauges set from `snapshot`.
+    pub fn encode(&self, snapshot: Snapshot) -> String {
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.fills_in_flight.set(as_gauge(snapshot.fills_in_flight));
+        self.fill_waiters.set(as_gauge(snapshot.fill_waiters));
+        self.store_bytes.set(as_gauge(snapshot.store_bytes));
+        self.store_artifacts.set(as_gauge(snapshot.store_artifacts));
+        self.memory_bytes.set(as_gauge(snapshot.memory_bytes));
+        self.upstream_up.set(i64::from(snapshot.upstream_up));
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_in_the_exposition() {
+        let m = Metrics::new();
+        m.request("go_list", 200, CacheOutcome::Hit, 10);
+        m.request("go_zip", 200, CacheOutcome::Miss, 1000);
+        m.auth(AuthResult::ProbeRefused);
+        m.evicted(2, 300);
+        let text = m.encode(Snapshot {
+            store_bytes: 42,
+            upstream_up: true,
+            ..Snapshot::default()
+        });
+        for needle in [
+            r#"gitlab_pkg_cache_requests_total{route="go_list",status="200",cache="hit"} 1"#,
+            r#"gitlab_pkg_cache_response_bytes_total{source="cache"} 10"#,
+            r#"gitlab_pkg_cache_response_bytes_total{source="gitlab"} 1000"#,
+            r#"gitlab_pkg_cache_auth_decisions_total{result="probe_refused"} 1"#,
+            "gitlab_pkg_cache_evicted_bytes_total 300",
+            "gitlab_pkg_cache_store_bytes 42",
+            "gitlab_pkg_cache_upstream_up 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}
