@@ -188,8 +188,10 @@ async fn fifty_concurrent_cold_requests_fetch_once() {
     }
     // All fifty are in: one is held at GitLab, the others wait on its fill.
     let fills = proxy.state.fills.clone();
-    eventually("49 callers wait on the fill", || fills.waiting() == 49).await;
-    assert_eq!(fake.hits(&zip), 1);
+    eventually("49 callers wait on the fill held at GitLab", || {
+        fills.waiting() == 49 && fake.hits(&zip) == 1
+    })
+    .await;
     gate.add_permits(1);
     let mut outcomes = Vec::new();
     let mut bodies = Vec::new();
