@@ -332,6 +332,8 @@ async fn a_corrupt_chunk_on_disk_is_dropped_and_fetched_again() {
     );
     assert_eq!(fake.hits(&zip), 1, "refetched from GitLab");
     assert_eq!(zip_entries(&served.body), zip_entries(&original.body));
+    let store = proxy.state.fills.store().clone();
+    eventually("the refetched zip is stored", || is_stored(&store, &zip)).await;
     let again = get(&proxy, &zip, &[]).await;
     assert_eq!(
         (again.header("x-cache"), &again.body),
