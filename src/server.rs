@@ -32,6 +32,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -49,7 +50,9 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                 let state = state.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                // Reap finished connection tasks so the set stays the size of what is open.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     let service = service_fn({
                         let state = state.clone();
                         move |request| {
@@ -101,6 +104,11 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over, cutting remaining connections"),
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    // Fills still running were cut with their connections: stop them before they commit
+    // anything, so a stopped proxy leaves exactly what it had finished.
+    state.fills.abort_all();
     maintenance.abort();
     let _ = maintenance.await;
     if let Err(e) = state.fills.store().flush().await {

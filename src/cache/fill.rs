@@ -65,6 +65,7 @@ pub struct Fills {
     policy: EvictionPolicy,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
 }
 
 /// Counts a caller as waiting on another's fill for as long as it lives.
@@ -84,6 +85,7 @@ impl Fills {
             policy,
             waiting: Arc::default(),
             metrics,
+            tasks: Arc::default(),
         }
     }
 
@@ -115,6 +117,20 @@ impl Fills {
     /// Callers now waiting for a fill's first answer or following one.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Stops every fill in flight (at shutdown): nothing they were writing becomes visible.
+    pub fn abort_all(&self) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort_all();
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -211,7 +227,7 @@ impl Leader {
             fills: self.fills.clone(),
             leader: Some(leader_tx),
         };
-        tokio::spawn(task.run(upstream));
+        self.fills.spawn(task.run(upstream));
         Ok(channel_body(leader_rx))
     }
 }
