@@ -2,7 +2,11 @@
 //! upstream, a Ruby Marshal writer and a plain HTTP client.
 #![allow(dead_code)]
 
+pub mod access_log;
 pub mod client;
+pub mod commands;
 pub mod fake_gitlab;
+pub mod fixtures;
 pub mod marshal;
 pub mod proxy;
+pub mod recorder;

@@ -1,0 +1,939 @@
+//! The real clients through the proxy: the go command (HTTPS, `.netrc`, a GOPROXY list across
+//! projects), bundler and gem (install, push). Each runs twice with fresh client caches; the
+//! second run gets every immutable artifact (`.info`, `.mod`, `.zip`, `.gem`, `.gemspec.rz`)
+//! from the proxy's store without asking GitLab.
+//!
+//! Every client gets a temporary HOME and cache directories and a cleared environment, and
+//! points only at the proxy (or, for the Go reference run, at a fake GitLab directly): there
+//! is no network here but loopback, and nothing may try the internet. What the clients
+//! requested and what reached GitLab are printed (`cargo test --test real_clients --
+//! --nocapture` shows them) and the interesting parts asserted.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::access_log::{Access, AccessLog};
+use support::commands::{self, Finished, TIMEOUT};
+use support::fake_gitlab::{
+    Access as Role, FakeGitLab, GemFixture, RubyGemsEra, TokenKind, TokenState, Visibility,
+};
+use support::fixtures::{self, TestCa};
+use support::proxy::TestProxy;
+use support::recorder::{Exchange, Recorder};
+use tracing::subscriber::DefaultGuard;
+
+const ALPHA: &str = "gitlab.example.com/group/alpha";
+/// A nested module in the alpha project's `util/` directory (excluded from alpha's zip).
+const UTIL: &str = "gitlab.example.com/group/alpha/util";
+/// A project in a subgroup.
+const BETA: &str = "gitlab.example.com/group/sub/beta";
+/// Upper-case letters: the go command asks for `group/!mixed!case` (as `%21mixed%21case`).
+const MIXED: &str = "gitlab.example.com/group/MixedCase";
+/// The projects the Go modules live in, in GOPROXY order: alpha (private), beta (private),
+/// MixedCase (public).
+const GO_PROJECTS: [u64; 3] = [10, 11, 12];
+const GO_READER: &str = "glpat-go-reader";
+
+const GEM_PROJECT: u64 = 20;
+const GEM_READER: &str = "glpat-gem-reader";
+const GEM_WRITER: &str = "glpat-gem-writer";
+
+/// The fake GitLab, a recorder between it and the proxy listing what went upstream, the
+/// proxy, and the proxy's access log listing what the clients asked.
+struct Stack {
+    fake: FakeGitLab,
+    recorder: Recorder,
+    proxy: TestProxy,
+    clients: AccessLog,
+    _capture: DefaultGuard,
+}
+
+impl Stack {
+    /// `tls`: serve the proxy over HTTPS with that CA's server certificate.
+    async fn start(fake: FakeGitLab, tls: Option<&TestCa>) -> Stack {
+        let (clients, capture) = AccessLog::capture();
+        let recorder = Recorder::start(&fake.url()).await;
+        let proxy = TestProxy::start_with(&recorder.url(), |config| {
+            // Both runs fit well within these however slow the machine, so what the second
+            // run still asks GitLab is only what the proxy never keeps: artifacts are kept by
+            // design, metadata and authorization decisions for these TTLs.
+            config.cache.metadata_ttl = Duration::from_secs(600);
+            config.cache.auth_ttl = Duration::from_secs(600);
+            if let Some(ca) = tls {
+                config.tls.cert_file = Some(ca.cert_file.clone());
+                config.tls.key_file = Some(ca.key_file.clone());
+            }
+        })
+        .await;
+        Stack {
+            fake,
+            recorder,
+            proxy,
+            clients,
+            _capture: capture,
+        }
+    }
+
+    /// What the clients asked and what reached GitLab since the last call; forgets both,
+    /// and the fake's counters, so the next run is counted on its own.
+    fn end_run(&self, label: &str) -> Run {
+        let run = Run {
+            clients: self.clients.take(),
+            upstream: self.recorder.take(),
+        };
+        eprintln!("{}", run.summary(label));
+        self.fake.reset_hits();
+        run
+    }
+}
+
+/// One client run as seen on the wire.
+struct Run {
+    clients: Vec<Access>,
+    upstream: Vec<Exchange>,
+}
+
+impl Run {
+    fn summary(&self, label: &str) -> String {
+        let mut text = format!(
+            "===== {label}: {} client requests to the proxy =====\n",
+            self.clients.len()
+        );
+        for access in &self.clients {
+            let _ = writeln!(text, "  {access}");
+        }
+        let _ = writeln!(
+            text,
+            "----- {label}: {} requests reached GitLab -----",
+            self.upstream.len()
+        );
+        for exchange in &self.upstream {
+            let _ = writeln!(text, "  {exchange}");
+        }
+        text
+    }
+
+    /// Paths the clients got with `200` whose route is an immutable artifact.
+    fn artifacts_served(&self) -> BTreeSet<String> {
+        self.clients
+            .iter()
+            .filter(|a| a.status == 200 && is_artifact(&a.path))
+            .map(|a| a.path.clone())
+            .collect()
+    }
+
+    fn requested(&self, method: &str, path: &str) -> Vec<&Access> {
+        self.clients
+            .iter()
+            .filter(|a| a.method == method && a.path == path)
+            .collect()
+    }
+}
+
+fn is_artifact(path: &str) -> bool {
+    let go = path.contains("/packages/go/")
+        && [".info", ".mod", ".zip"].iter().any(|e| path.ends_with(e));
+    let gem = path.contains("/packages/rubygems/")
+        && (path.contains("/gems/") && path.ends_with(".gem")
+            || path.contains("/quick/Marshal.4.8/") && path.ends_with(".gemspec.rz"));
+    go || gem
+}
+
+/// Asserts that the second run got every artifact from the proxy's store: GitLab saw no
+/// request for any of them, and the proxy answered each from its store.
+fn assert_artifacts_from_store(fake: &FakeGitLab, first: &Run, second: &Run) {
+    let artifacts = first.artifacts_served();
+    assert!(!artifacts.is_empty(), "the first run fetched no artifact");
+    for path in &artifacts {
+        assert_eq!(
+            fake.hits(path),
+            0,
+            "second run asked GitLab for the artifact {path}\n{}",
+            second.summary("second run")
+        );
+    }
+    for access in second
+        .clients
+        .iter()
+        .filter(|a| artifacts.contains(&a.path))
+    {
+        assert_eq!(
+            (access.status, access.cache.as_str(), access.upstream),
+            (200, "hit", false),
+            "second run: {access}"
+        );
+    }
+    let fetched: Vec<&Exchange> = second
+        .upstream
+        .iter()
+        .filter(|e| e.status == 200 && is_artifact(e.path_and_query.as_str()))
+        .collect();
+    assert!(
+        fetched.is_empty(),
+        "second run fetched artifacts from GitLab: {fetched:?}"
+    );
+}
+
+/// Runs a blocking client command off the runtime thread (the proxy runs on that thread),
+/// panicking with the command's report if it fails.
+async fn run(mut command: Command) -> Finished {
+    tokio::task::spawn_blocking(move || commands::run(&mut command, TIMEOUT))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+fn mkdir(path: PathBuf) -> PathBuf {
+    std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    path
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) {
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// `127.0.0.1:PORT` of a URL.
+fn authority(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
+}
+
+// ---------------------------------------------------------------------------------------
+// Go
+// ---------------------------------------------------------------------------------------
+
+const GO_TIMES: [&str; 3] = [
+    "2024-01-10T09:00:00.000+00:00",
+    "2024-02-20T15:30:00.000+00:00",
+    "2024-03-05T08:15:00.000-06:00",
+];
+
+/// Three projects: alpha (root module v1.0.0 and v1.1.0, nested module `util` in v1.1.0),
+/// beta in a subgroup (v1.1.0 and v1.2.0, both requiring alpha v1.0.0), MixedCase (public;
+/// v0.3.0 and v0.4.0). Alpha and beta are `private` or public; one token reads them.
+async fn go_gitlab(private: bool) -> FakeGitLab {
+    let visibility = if private {
+        Visibility::Private
+    } else {
+        Visibility::Public
+    };
+    let mut alpha_v11 = fixtures::go_module_files(ALPHA, "v1.1.0");
+    alpha_v11.extend(
+        fixtures::go_module_files(UTIL, "v1.1.0")
+            .into_iter()
+            .map(|(path, contents)| (format!("util/{path}"), contents)),
+    );
+    let beta = |version| fixtures::go_module_files_requiring(BETA, version, &[(ALPHA, "v1.0.0")]);
+    FakeGitLab::builder()
+        .host("gitlab.example.com")
+        .project(10, "group/alpha", visibility)
+        .project(11, "group/sub/beta", visibility)
+        .project(12, "group/MixedCase", Visibility::Public)
+        .go_version(
+            10,
+            "",
+            "v1.0.0",
+            GO_TIMES[0],
+            fixtures::go_module_files(ALPHA, "v1.0.0"),
+        )
+        .go_version(10, "", "v1.1.0", GO_TIMES[1], alpha_v11)
+        .go_version(11, "", "v1.1.0", GO_TIMES[0], beta("v1.1.0"))
+        .go_version(11, "", "v1.2.0", GO_TIMES[1], beta("v1.2.0"))
+        .go_version(
+            12,
+            "",
+            "v0.3.0",
+            GO_TIMES[1],
+            fixtures::go_module_files(MIXED, "v0.3.0"),
+        )
+        .go_version(
+            12,
+            "",
+            "v0.4.0",
+            GO_TIMES[2],
+            fixtures::go_module_files(MIXED, "v0.4.0"),
+        )
+        .token(
+            GO_READER,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(10, Role::Reporter), (11, Role::Reporter)],
+        )
+        .start()
+        .await
+}
+
+/// The throwaway module that requires the fixtures and prints what it was built with.
+fn write_consumer(app: &Path) {
+    let modules = [ALPHA, UTIL, BETA, MIXED];
+    let versions = ["v1.1.0", "v1.1.0", "v1.2.0", "v0.3.0"];
+    let mut gomod = String::from("module example.com/consumer\n\ngo 1.19\n\nrequire (\n");
+    for (module, version) in modules.iter().zip(versions) {
+        let _ = writeln!(gomod, "\t{module} {version}");
+    }
+    gomod.push_str(")\n");
+    let mut main = String::from("package main\n\nimport (\n\t\"fmt\"\n\n");
+    for module in modules {
+        let _ = writeln!(main, "\t{} \"{module}\"", fixtures::go_package_name(module));
+    }
+    main.push_str(")\n\nfunc main() {\n");
+    for module in modules {
+        let _ = writeln!(
+            main,
+            "\tfmt.Println({}.Describe())",
+            fixtures::go_package_name(module)
+        );
+    }
+    main.push_str("}\n");
+    write(&app.join("go.mod"), gomod);
+    write(&app.join("main.go"), main);
+}
+
+const CONSUMER_OUTPUT: &str = "gitlab.example.com/group/alpha@v1.1.0\n\
+    gitlab.example.com/group/alpha/util@v1.1.0\n\
+    gitlab.example.com/group/sub/beta@v1.2.0 [gitlab.example.com/group/alpha@v1.1.0]\n\
+    gitlab.example.com/group/MixedCase@v0.3.0\n";
+
+/// What one go run produced.
+struct GoRun {
+    go_sum: String,
+}
+
+/// `GOPROXY` for the Go projects under `base`, in order: a module a project does not hold
+/// gets `404` there, and the go command moves on to the next entry.
+fn goproxy(base: &str) -> String {
+    GO_PROJECTS
+        .iter()
+        .map(|id| format!("{base}/api/v4/projects/{id}/packages/go"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A go command in a fresh world under `root`: HOME (with `netrc`, if given), GOPATH,
+/// GOMODCACHE, GOCACHE; trusting only `ca`; no VCS, no checksum database, no toolchain
+/// download, only `proxy`.
+fn go(root: &Path, proxy: &str, ca: &Path, args: &[&str]) -> Command {
+    let mut command = commands::clean("go");
+    command
+        .args(args)
+        .current_dir(root.join("app"))
+        .env("HOME", root.join("home"))
+        .env("GOPATH", root.join("gopath"))
+        .env("GOMODCACHE", root.join("modcache"))
+        .env("GOCACHE", root.join("gocache"))
+        .env("GOENV", "off")
+        .env("GOPROXY", proxy)
+        .env("GONOSUMDB", "gitlab.example.com")
+        .env("GONOPROXY", "")
+        .env("GOPRIVATE", "")
+        .env("GOINSECURE", "")
+        .env("GOFLAGS", "-mod=mod -modcacherw")
+        .env("GO111MODULE", "on")
+        .env("GOWORK", "off")
+        .env("GOVCS", "*:off")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("SSL_CERT_FILE", ca)
+        .env("SSL_CERT_DIR", root.join("no-cert-dir"));
+    command
+}
+
+async fn go_run(root: &Path, proxy: &str, ca: &Path, netrc: Option<&str>) -> GoRun {
+    let home = mkdir(root.join("home"));
+    if let Some(netrc) = netrc {
+        write(&home.join(".netrc"), netrc);
+    }
+    let app = mkdir(root.join("app"));
+    write_consumer(&app);
+    run(go(root, proxy, ca, &["mod", "download"])).await;
+    run(go(root, proxy, ca, &["build", "-o", "consumer", "."])).await;
+    let mut consumer = commands::clean(app.join("consumer").to_str().expect("UTF-8 path"));
+    consumer.current_dir(&app).env("HOME", &home);
+    let printed = run(consumer).await;
+    assert_eq!(printed.stdout, CONSUMER_OUTPUT, "{}", printed.report);
+    // A query: `list` of a module whose path needs case-encoding.
+    let versions = run(go(root, proxy, ca, &["list", "-m", "-versions", MIXED])).await;
+    assert_eq!(
+        versions.stdout.trim(),
+        format!("{MIXED} v0.3.0 v0.4.0"),
+        "{}",
+        versions.report
+    );
+    let go_sum = read(&app.join("go.sum"));
+    GoRun { go_sum }
+}
+
+#[tokio::test]
+async fn go_mod_download_and_build_through_the_proxy_over_https() {
+    commands::require_tool("go");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = TestCa::create(dir.path());
+    // The reference: the same build made directly against a fake GitLab. The fake speaks
+    // plain HTTP, and go 1.19 sends no credentials there (it skips .netrc for http and
+    // refuses URLs with userinfo: "refusing to pass credentials to insecure URL"), so the
+    // direct run uses a twin of the fake with the same module contents, all public.
+    let twin = go_gitlab(false).await;
+    let direct = go_run(
+        &dir.path().join("direct"),
+        &goproxy(&twin.url()),
+        &ca.ca_file,
+        None,
+    )
+    .await;
+    drop(twin);
+
+    let stack = Stack::start(go_gitlab(true).await, Some(&ca)).await;
+    let proxy = stack.proxy.url();
+    assert!(proxy.starts_with("https://127.0.0.1:"), "{proxy}");
+
+    // Through the proxy, twice, each time with a new HOME, module cache and build cache.
+    // go 1.19 sends .netrc credentials over https only; the machine is the proxy's host.
+    let netrc = format!("machine 127.0.0.1 login __token__ password {GO_READER}\n");
+    let first = go_run(
+        &dir.path().join("first"),
+        &goproxy(&proxy),
+        &ca.ca_file,
+        Some(&netrc),
+    )
+    .await;
+    let first_wire = stack.end_run("go, first run through the proxy");
+    let second = go_run(
+        &dir.path().join("second"),
+        &goproxy(&proxy),
+        &ca.ca_file,
+        Some(&netrc),
+    )
+    .await;
+    let second_wire = stack.end_run("go, second run through the proxy");
+
+    // Without .netrc the go command asks anonymously: the proxy does not hand out what it
+    // stored, it relays GitLab's 401 for the private project, which ends the GOPROXY walk.
+    let root = dir.path().join("anonymous");
+    mkdir(root.join("home"));
+    write_consumer(&mkdir(root.join("app")));
+    let mut anonymous = go(&root, &goproxy(&proxy), &ca.ca_file, &["mod", "download"]);
+    let anonymous =
+        tokio::task::spawn_blocking(move || commands::run_unchecked(&mut anonymous, TIMEOUT))
+            .await
+            .expect("go without credentials");
+    let anonymous_wire = stack.end_run("go without credentials");
+    assert!(
+        !anonymous.success() && anonymous.stderr.contains("401 Unauthorized"),
+        "{}",
+        anonymous.report
+    );
+    let stored = first_wire.artifacts_served();
+    for access in &anonymous_wire.clients {
+        let expected = if stored.contains(&access.path) {
+            "refused"
+        } else {
+            "miss"
+        };
+        assert_eq!(
+            (access.status, access.cache.as_str()),
+            (401, expected),
+            "{access}"
+        );
+    }
+
+    // go.sum: the same hashes as the direct run, every time.
+    assert!(
+        direct.go_sum.contains(&format!("{MIXED} v0.3.0 h1:")),
+        "go.sum of the direct run:\n{}",
+        direct.go_sum
+    );
+    for module in [ALPHA, UTIL, BETA, MIXED] {
+        assert!(
+            direct.go_sum.contains(&format!("{module} ")),
+            "{module} in go.sum"
+        );
+    }
+    assert_eq!(first.go_sum, direct.go_sum, "go.sum through the proxy");
+    assert_eq!(second.go_sum, direct.go_sum, "go.sum of the second run");
+
+    // On the wire: the module with upper-case letters is asked for case-encoded, and a
+    // project that does not hold a module answers 404, after which the next one is asked.
+    // go 1.19 also percent-encodes the `!`: `group/!mixed!case` goes out as `%21mixed%21case`.
+    let mixed_zip = "/packages/go/gitlab.example.com/group/%21mixed%21case/@v/v0.3.0.zip";
+    for (project, status) in [(10, 404), (11, 404), (12, 200)] {
+        let path = format!("/api/v4/projects/{project}{mixed_zip}");
+        let asked = first_wire.requested("GET", &path);
+        assert!(
+            !asked.is_empty() && asked.iter().all(|a| a.status == status),
+            "{path}: expected {status}, got {asked:?}"
+        );
+    }
+    let beta_mod =
+        "/api/v4/projects/11/packages/go/gitlab.example.com/group/sub/beta/@v/v1.2.0.mod";
+    assert!(
+        first_wire
+            .requested("GET", beta_mod)
+            .iter()
+            .any(|a| a.status == 200),
+        "{beta_mod}"
+    );
+    for access in &first_wire.clients {
+        assert!(
+            access.status == 200 || access.status == 404,
+            "only 200s and fallback 404s expected: {access}"
+        );
+    }
+
+    // The second run took every .info, .mod and .zip from the proxy's store.
+    assert_artifacts_from_store(&stack.fake, &first_wire, &second_wire);
+    let second_upstream_ok: Vec<&Exchange> = second_wire
+        .upstream
+        .iter()
+        .filter(|e| e.status == 200)
+        .collect();
+    assert!(
+        second_upstream_ok.is_empty(),
+        "the second run got nothing but 404s from GitLab: {second_upstream_ok:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// RubyGems
+// ---------------------------------------------------------------------------------------
+
+/// `gpc_web` → `gpc_core` → `gpc_leaf`; `gpc_core` has a development dependency on
+/// `gpc_devtool`, which GitLab's dependency API reports as if it were a runtime one.
+fn build_gems(dir: &Path) -> Vec<GemFixture> {
+    vec![
+        fixtures::build_gem(dir, "gpc_leaf", "1.0.0", &[]),
+        fixtures::build_gem(dir, "gpc_leaf", "1.1.0", &[]),
+        fixtures::build_gem(dir, "gpc_devtool", "0.1.0", &[]),
+        fixtures::build_gem_with(
+            dir,
+            "gpc_core",
+            "2.0.0",
+            &[("gpc_leaf", ">= 1.0, < 2")],
+            &[("gpc_devtool", "~> 0.1")],
+        ),
+        fixtures::build_gem(
+            dir,
+            "gpc_web",
+            "0.5.0",
+            &[("gpc_core", "~> 2.0"), ("gpc_leaf", ">= 1.1")],
+        ),
+    ]
+}
+
+const WEB_DESCRIBED: &str = "gpc_web-0.5.0 [gpc_core-2.0.0 [gpc_leaf-1.1.0]] [gpc_leaf-1.1.0]";
+
+/// A private project (GitLab 19.1 RubyGems API) holding the gems, a reader and a writer.
+async fn gem_gitlab(gems: Vec<GemFixture>) -> FakeGitLab {
+    let mut builder = FakeGitLab::builder()
+        .era(RubyGemsEra::V19_1)
+        .project(GEM_PROJECT, "group/gems", Visibility::Private)
+        .token(
+            GEM_READER,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(GEM_PROJECT, Role::Reporter)],
+        )
+        .token(
+            GEM_WRITER,
+            TokenKind::Personal {
+                scopes: vec!["api"],
+            },
+            TokenState::Active,
+            &[(GEM_PROJECT, Role::Developer)],
+        );
+    for gem in gems {
+        builder = builder.gem(GEM_PROJECT, gem);
+    }
+    builder.start().await
+}
+
+fn rubygems_url(proxy: &str) -> String {
+    format!("{proxy}/api/v4/projects/{GEM_PROJECT}/packages/rubygems")
+}
+
+/// A Ruby tool (`ruby`, `gem`, `bundle`) in a fresh world under `root`: HOME, GEM_HOME,
+/// spec cache, bundler's user, cache and config directories, bundle path and app config.
+fn ruby_tool(program: &str, root: &Path, args: &[&str]) -> Command {
+    let home = root.join("home");
+    let mut command = commands::clean(program);
+    command
+        .args(args)
+        .current_dir(root.join("app"))
+        .env("HOME", &home)
+        .env("GEM_HOME", root.join("gem-home"))
+        .env("GEM_PATH", root.join("gem-home"))
+        .env("GEM_SPEC_CACHE", home.join(".gem/specs"))
+        .env("BUNDLE_USER_HOME", home.join(".bundle"))
+        .env("BUNDLE_USER_CACHE", home.join(".bundle/cache"))
+        .env("BUNDLE_USER_CONFIG", home.join(".bundle/config"))
+        .env("BUNDLE_APP_CONFIG", root.join("app/.bundle"))
+        .env("BUNDLE_GEMFILE", root.join("app/Gemfile"))
+        .env("BUNDLE_PATH", root.join("bundle"))
+        .env("BUNDLE_SILENCE_ROOT_WARNING", "true")
+        .env("BUNDLE_RETRY", "0")
+        .env("BUNDLE_JOBS", "1");
+    command
+}
+
+fn fresh_ruby_world(root: &Path) {
+    mkdir(root.join("home"));
+    mkdir(root.join("app"));
+    mkdir(root.join("gem-home"));
+}
+
+struct BundleRun {
+    lockfile: String,
+    /// What each Gemfile gem's `describe` printed under `bundle exec`, one line each.
+    described: String,
+}
+
+/// `bundle install` of `gems` from `source` in a fresh world under `root`, with the reader's
+/// credentials set with `bundle config set --global <source URL> user:token`; then loads
+/// every gem under `bundle exec` and prints its `describe`.
+async fn bundle_run(root: &Path, source: &str, gems: &[&str]) -> BundleRun {
+    fresh_ruby_world(root);
+    let credentials = format!("__token__:{GEM_READER}");
+    run(ruby_tool(
+        "bundle",
+        root,
+        &["config", "set", "--global", source, &credentials],
+    ))
+    .await;
+    let mut gemfile = format!("source {source:?}\n\n");
+    for gem in gems {
+        let _ = writeln!(gemfile, "gem {gem:?}");
+    }
+    write(&root.join("app/Gemfile"), gemfile);
+    run(ruby_tool("bundle", root, &["install"])).await;
+    let mut exec = vec![
+        "exec",
+        "ruby",
+        "-e",
+        "ARGV.each { |g| require g; \
+         puts Object.const_get(g.split(\"_\").map(&:capitalize).join).describe }",
+    ];
+    exec.extend_from_slice(gems);
+    let described = run(ruby_tool("bundle", root, &exec)).await;
+    BundleRun {
+        lockfile: read(&root.join("app/Gemfile.lock")),
+        described: described.stdout,
+    }
+}
+
+/// Runs `bundle install` of `gemfile` twice against a proxy in front of a project holding
+/// `gems`, checks what both runs have in common, and hands back the two runs.
+async fn bundle_twice(
+    label: &str,
+    gems: Vec<GemFixture>,
+    gemfile: &[&str],
+    described: &str,
+) -> (Stack, BundleRun, Run, Run) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let stack = Stack::start(gem_gitlab(gems).await, None).await;
+    let source = rubygems_url(&stack.proxy.url());
+    let first = bundle_run(&dir.path().join("first"), &source, gemfile).await;
+    let first_wire = stack.end_run(&format!("{label}, first run"));
+    let second = bundle_run(&dir.path().join("second"), &source, gemfile).await;
+    let second_wire = stack.end_run(&format!("{label}, second run"));
+
+    assert_eq!(first.described, described, "{}", first.lockfile);
+    assert!(
+        first.lockfile.contains(&format!("remote: {source}/")),
+        "{}",
+        first.lockfile
+    );
+    assert!(
+        !first.lockfile.contains(GEM_READER),
+        "credentials stay out of Gemfile.lock"
+    );
+    assert_eq!(second.lockfile, first.lockfile);
+    assert_eq!(second.described, first.described);
+
+    // Bundler first probes the compact index: GitLab has none and answers 400 (relayed
+    // uncached, so it reaches GitLab on every run).
+    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
+    for wire in [&first_wire, &second_wire] {
+        let versions = wire.requested("GET", &format!("{base}/versions"));
+        assert!(
+            !versions.is_empty() && versions.iter().all(|a| a.status == 400),
+            "compact index probe: {versions:?}"
+        );
+    }
+    for access in &first_wire.clients {
+        assert!(access.status < 500, "no server error expected: {access}");
+    }
+    assert_artifacts_from_store(&stack.fake, &first_wire, &second_wire);
+    (stack, first, first_wire, second_wire)
+}
+
+fn downloaded_gems(wire: &Run) -> BTreeSet<String> {
+    let prefix = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems/gems/");
+    wire.clients
+        .iter()
+        .filter(|a| a.status == 200)
+        .filter_map(|a| a.path.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn names(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Every name in the project: bundler resolves with GitLab's dependency API, which reports
+/// development dependencies as if they were runtime ones, so bundler also installs
+/// `gpc_devtool` (GitLab's behaviour, relayed faithfully).
+#[tokio::test]
+async fn bundle_install_through_the_proxy() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems = build_gems(&mkdir(dir.path().join("gems")));
+    let (_stack, first, first_wire, _) = bundle_twice(
+        "bundler (dependency API)",
+        gems,
+        &["gpc_web"],
+        &format!("{WEB_DESCRIBED}\n"),
+    )
+    .await;
+
+    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
+    let dependencies = first_wire.requested("GET", &format!("{base}/api/v1/dependencies"));
+    assert!(
+        dependencies.len() >= 2 && dependencies.iter().all(|a| a.status == 200),
+        "dependency API: {dependencies:?}"
+    );
+    assert!(
+        first_wire
+            .requested("GET", &format!("{base}/specs.4.8.gz"))
+            .is_empty(),
+        "no full index needed"
+    );
+    assert_eq!(
+        downloaded_gems(&first_wire),
+        names(&[
+            "gpc_core-2.0.0.gem",
+            "gpc_devtool-0.1.0.gem",
+            "gpc_leaf-1.1.0.gem",
+            "gpc_web-0.5.0.gem",
+        ])
+    );
+    assert!(
+        first.lockfile.contains("gpc_devtool (0.1.0)"),
+        "{}",
+        first.lockfile
+    );
+}
+
+/// A gem whose development dependency (`rake`) the project does not host: the dependency
+/// API answers 404 for it, and bundler falls back to the full index (`specs.4.8.gz`,
+/// gemspecs, gems), where development dependencies play no part.
+#[tokio::test]
+async fn bundle_install_falls_back_to_the_full_index_through_the_proxy() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems_dir = mkdir(dir.path().join("gems"));
+    let mut gems = build_gems(&gems_dir);
+    gems.push(fixtures::build_gem_with(
+        &gems_dir,
+        "gpc_tool",
+        "1.0.0",
+        &[("gpc_leaf", "~> 1.0")],
+        &[("rake", ">= 13")],
+    ));
+    let (_stack, first, first_wire, _) = bundle_twice(
+        "bundler (full index)",
+        gems,
+        &["gpc_web", "gpc_tool"],
+        &format!("{WEB_DESCRIBED}\ngpc_tool-1.0.0 [gpc_leaf-1.1.0]\n"),
+    )
+    .await;
+
+    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
+    let dependencies = first_wire.requested("GET", &format!("{base}/api/v1/dependencies"));
+    assert!(
+        dependencies.iter().any(|a| a.status == 404),
+        "the dependency API refused the unhosted name: {dependencies:?}"
+    );
+    let specs = first_wire.requested("GET", &format!("{base}/specs.4.8.gz"));
+    assert!(
+        !specs.is_empty() && specs.iter().all(|a| a.status == 200),
+        "full index: {specs:?}"
+    );
+    assert_eq!(
+        downloaded_gems(&first_wire),
+        names(&[
+            "gpc_core-2.0.0.gem",
+            "gpc_leaf-1.1.0.gem",
+            "gpc_tool-1.0.0.gem",
+            "gpc_web-0.5.0.gem",
+        ])
+    );
+    assert!(
+        !first.lockfile.contains("gpc_devtool") && !first.lockfile.contains("rake"),
+        "{}",
+        first.lockfile
+    );
+}
+
+struct GemInstallRun {
+    installed: String,
+}
+
+async fn gem_install_run(root: &Path, source_with_credentials: &str) -> GemInstallRun {
+    fresh_ruby_world(root);
+    run(ruby_tool(
+        "gem",
+        root,
+        &[
+            "install",
+            "gpc_web",
+            "--clear-sources",
+            "--source",
+            source_with_credentials,
+            "--no-document",
+        ],
+    ))
+    .await;
+    let described = run(ruby_tool(
+        "ruby",
+        root,
+        &["-e", "require \"gpc_web\"; puts GpcWeb.describe"],
+    ))
+    .await;
+    assert_eq!(
+        described.stdout.trim(),
+        WEB_DESCRIBED,
+        "{}",
+        described.report
+    );
+    let installed = run(ruby_tool("gem", root, &["list", "--local", "gpc_"])).await;
+    GemInstallRun {
+        installed: installed.stdout,
+    }
+}
+
+#[tokio::test]
+async fn gem_install_and_push_through_the_proxy() {
+    for tool in ["ruby", "gem"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems_dir = mkdir(dir.path().join("gems"));
+    let gems = build_gems(&gems_dir);
+    let pushed = fixtures::build_gem(&gems_dir, "gpc_pushed", "0.1.0", &[("gpc_leaf", "~> 1.0")]);
+    let stack = Stack::start(gem_gitlab(gems).await, None).await;
+    let proxy = stack.proxy.url();
+    let host_url = rubygems_url(&proxy);
+    // Credentials in the source URL; gem sends them as Basic auth on every request.
+    let source = format!(
+        "{}/",
+        rubygems_url(&format!(
+            "http://__token__:{GEM_READER}@{}",
+            authority(&proxy)
+        ))
+    );
+
+    let first = gem_install_run(&dir.path().join("first"), &source).await;
+    let first_wire = stack.end_run("gem install, first run");
+    let second = gem_install_run(&dir.path().join("second"), &source).await;
+    let second_wire = stack.end_run("gem install, second run");
+
+    for installed in ["gpc_web (0.5.0)", "gpc_core (2.0.0)", "gpc_leaf (1.1.0)"] {
+        assert!(first.installed.contains(installed), "{}", first.installed);
+    }
+    assert!(
+        !first.installed.contains("gpc_devtool"),
+        "gem reads real gemspecs and skips development dependencies:\n{}",
+        first.installed
+    );
+    assert_eq!(second.installed, first.installed);
+
+    // gem 3.3 probes the source root with HEAD (GitLab has no route there: 404, answered by
+    // the proxy itself), then uses the full index and the gemspecs.
+    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
+    for (method, path, status) in [
+        ("HEAD", format!("{base}/"), 404),
+        ("GET", format!("{base}/specs.4.8.gz"), 200),
+        (
+            "GET",
+            format!("{base}/quick/Marshal.4.8/gpc_web-0.5.0.gemspec.rz"),
+            200,
+        ),
+        ("GET", format!("{base}/gems/gpc_web-0.5.0.gem"), 200),
+    ] {
+        let asked = first_wire.requested(method, &path);
+        assert!(
+            !asked.is_empty() && asked.iter().all(|a| a.status == status),
+            "{method} {path}: expected {status}, got {asked:?}"
+        );
+    }
+    assert_artifacts_from_store(&stack.fake, &first_wire, &second_wire);
+
+    // gem push, twice: first with ~/.gem/credentials holding the key under the --host URL
+    // (the default `:rubygems_api_key:` is a wrong token, to show which one is used), then
+    // with GEM_HOST_API_KEY. Uploads always go to GitLab.
+    let gem_file = dir.path().join("gpc_pushed-0.1.0.gem");
+    write(&gem_file, &pushed.gem_bytes);
+    let gem_file = gem_file.to_str().expect("UTF-8 path").to_owned();
+    let root = dir.path().join("push-credentials");
+    fresh_ruby_world(&root);
+    let credentials = root.join("home/.gem/credentials");
+    mkdir(root.join("home/.gem"));
+    write(
+        &credentials,
+        format!("---\n:rubygems_api_key: glpat-not-this-one\n{host_url}: {GEM_WRITER}\n"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod 600 credentials");
+    }
+    run(ruby_tool(
+        "gem",
+        &root,
+        &["push", &gem_file, "--host", &host_url],
+    ))
+    .await;
+    assert_eq!(
+        stack.fake.uploads(GEM_PROJECT),
+        vec![pushed.gem_bytes.clone()]
+    );
+
+    let root = dir.path().join("push-env");
+    fresh_ruby_world(&root);
+    let mut push = ruby_tool("gem", &root, &["push", &gem_file, "--host", &host_url]);
+    push.env("GEM_HOST_API_KEY", GEM_WRITER);
+    run(push).await;
+    assert_eq!(
+        stack.fake.uploads(GEM_PROJECT),
+        vec![pushed.gem_bytes.clone(), pushed.gem_bytes.clone()]
+    );
+    let push_wire = stack.end_run("gem push, twice");
+    let upload = format!("{base}/api/v1/gems");
+    let posts = push_wire.requested("POST", &upload);
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert!(posts.iter().all(|a| a.status == 201 && a.cache == "bypass"));
+    assert_eq!(
+        push_wire
+            .upstream
+            .iter()
+            .filter(|e| e.method == "POST" && e.path_and_query == upload && e.status == 201)
+            .count(),
+        2
+    );
+}
