@@ -16,6 +16,13 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// Settings that are plain counts (everything else is text: durations, sizes, paths).
+const COUNT_KEYS: [&str; 3] = [
+    "upstream.max_redirects",
+    "upstream.pool_max_idle",
+    "upstream.failure_threshold",
+];
+
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "GITLAB_PKG_CACHE_";
 
@@ -308,7 +315,14 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         for (key, value) in overrides.pairs() {
-            figment = figment.merge(Serialized::global(key, value));
+            // Counts come in as text from flags and the environment; the TOML file and the
+            // defaults hold them as numbers, so they are handed over as numbers too.
+            figment = match value.parse::<u64>() {
+                Ok(number) if COUNT_KEYS.contains(&key) => {
+                    figment.merge(Serialized::global(key, number))
+                }
+                _ => figment.merge(Serialized::global(key, value)),
+            };
         }
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
@@ -493,6 +507,38 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub upstream_body_idle_timeout: Option<String>,
+    /// Redirects followed for downloads (object storage) [default: 5].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_MAX_REDIRECTS",
+        value_name = "N"
+    )]
+    pub upstream_max_redirects: Option<String>,
+    /// Idle pooled connections kept to GitLab [default: 32].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_POOL_MAX_IDLE",
+        value_name = "N"
+    )]
+    pub upstream_pool_max_idle: Option<String>,
+    /// Consecutive GitLab failures that mark it down [default: 3].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_FAILURE_THRESHOLD",
+        value_name = "N"
+    )]
+    pub upstream_failure_threshold: Option<String>,
+    /// How long GitLab stays marked down before one probe [default: 10s].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_DOWN_BACKOFF",
+        value_name = "DURATION"
+    )]
+    pub upstream_down_backoff: Option<String>,
     /// Certificate chain (PEM) to serve HTTPS with.
     #[arg(
         long,
@@ -581,6 +627,22 @@ pub struct Overrides {
         value_name = "SIZE"
     )]
     pub memory_max_bytes: Option<String>,
+    /// Metadata answers larger than this pass through uncached [default: 16 MiB].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_MEMORY_ENTRY_MAX_BYTES",
+        value_name = "SIZE"
+    )]
+    pub memory_entry_max_bytes: Option<String>,
+    /// sled's page cache [default: 64 MiB].
+    #[arg(
+        long,
+        global = true,
+        env = "GITLAB_PKG_CACHE_SLED_CACHE_BYTES",
+        value_name = "SIZE"
+    )]
+    pub sled_cache_bytes: Option<String>,
     /// Disk budget for stored artifacts [default: 20 GiB].
     #[arg(
         long,
@@ -613,7 +675,7 @@ pub struct Overrides {
 impl Overrides {
     /// The settings given, as `(dotted key, value)` pairs for figment.
     fn pairs(&self) -> Vec<(&'static str, String)> {
-        let strings: [(&'static str, &Option<String>); 21] = [
+        let strings: [(&'static str, &Option<String>); 27] = [
             ("listen", &self.listen),
             ("upstream.url", &self.upstream),
             ("data_dir", &self.data_dir),
@@ -624,6 +686,13 @@ impl Overrides {
                 "upstream.body_idle_timeout",
                 &self.upstream_body_idle_timeout,
             ),
+            ("upstream.max_redirects", &self.upstream_max_redirects),
+            ("upstream.pool_max_idle", &self.upstream_pool_max_idle),
+            (
+                "upstream.failure_threshold",
+                &self.upstream_failure_threshold,
+            ),
+            ("upstream.down_backoff", &self.upstream_down_backoff),
             ("tls.cert_file", &self.tls_cert),
             ("tls.key_file", &self.tls_key),
             ("server.header_read_timeout", &self.header_read_timeout),
@@ -635,6 +704,8 @@ impl Overrides {
             ("cache.negative_ttl", &self.negative_ttl),
             ("cache.auth_ttl", &self.auth_ttl),
             ("cache.memory_max_bytes", &self.memory_max_bytes),
+            ("cache.memory_entry_max_bytes", &self.memory_entry_max_bytes),
+            ("store.sled_cache_bytes", &self.sled_cache_bytes),
             ("store.max_bytes", &self.cache_max_bytes),
             ("store.min_free_bytes", &self.min_free_bytes),
             ("log.filter", &self.log),
@@ -685,6 +756,10 @@ mod tests {
             "90s",
             "--max-upload-bytes",
             "10 MiB",
+            "--upstream-failure-threshold",
+            "7",
+            "--upstream-down-backoff",
+            "2m",
         ]);
         let config = Config::load(&overrides).unwrap();
         assert_eq!(
@@ -695,6 +770,8 @@ mod tests {
         assert_eq!(config.cache.metadata_ttl, Duration::from_secs(120));
         assert_eq!(config.cache.auth_ttl, Duration::from_secs(90));
         assert_eq!(config.server.max_upload_bytes, ByteSize::mib(10));
+        assert_eq!(config.upstream.failure_threshold, 7);
+        assert_eq!(config.upstream.down_backoff, Duration::from_secs(120));
         let url = config.upstream_url();
         assert_eq!(url.authority().as_str(), "flag.example");
         assert_eq!(url.path_prefix(), "/gitlab");
