@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::{Caller, DecisionKey};
 use crate::body::{self, collect_limited, Body, BodyError, Collected, Prefixed};
 use crate::cache::fill::{Joined, Leader, NotStarted, Progress, Reader};
+use crate::cache::flight::Flight;
 use crate::cache::memory::{keep_header, CachedResponse, Lookup};
 use crate::cache::CacheOutcome;
 use crate::error::Error;
@@ -313,6 +314,29 @@ async fn metadata(
             };
         }
     }
+    // Concurrent misses of one key wait for the first to land, then look again: GitLab's
+    // answer is shared by every caller the gate lets through.
+    let _flight = match state.flights.join(&key) {
+        Flight::Leader(guard) => Some(guard),
+        Flight::Waiter(waiter) => {
+            waiter.landed().await;
+            if let Some(Lookup { response, age }) = state.memory.get(&key).await {
+                if age < cache.metadata_ttl {
+                    return match authorize(state, route, decision, &headers, head).await? {
+                        Authorized::Yes(took) => Ok(serve_cached(
+                            &response,
+                            StatusCode::OK,
+                            head,
+                            CacheOutcome::Coalesced,
+                            took,
+                        )),
+                        Authorized::No(refusal) => Ok(refusal),
+                    };
+                }
+            }
+            None
+        }
+    };
     match fetch(state, get(route.path_and_query(), headers, true)).await? {
         Fetched::Answer(response, took) => {
             let status = response.status();

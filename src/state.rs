@@ -7,6 +7,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{FingerprintKey, Gate};
 use crate::cache::fill::Fills;
+use crate::cache::flight::Flights;
 use crate::cache::memory::MemoryTier;
 use crate::config::Config;
 use crate::error::Error;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub key: FingerprintKey,
     pub gate: Gate,
     pub memory: MemoryTier,
+    /// Metadata misses at GitLab now, so concurrent ones for a key wait for the first.
+    pub flights: Flights,
     /// Content keys whose background refresh is under way (one at a time per key).
     pub refreshing: Mutex<HashSet<String>>,
     pub metrics: Arc<Metrics>,
@@ -81,6 +84,7 @@ impl AppState {
                     .max(config.cache.metadata_max_stale),
                 Some(store),
             ),
+            flights: Flights::default(),
             refreshing: Mutex::default(),
             metrics,
             key,

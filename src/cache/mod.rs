@@ -1,6 +1,7 @@
 //! Cache tiers and the vocabulary of cache outcomes.
 
 pub mod fill;
+pub mod flight;
 pub mod memory;
 
 /// How a request was served; sent as `x-cache` and logged.
