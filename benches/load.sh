@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# Load benchmark: gitlab-pkg-cache against nginx's proxy_cache, both in front of the fake GitLab.
+#
+#   benches/load.sh                      # full run, a little over 7 minutes
+#   DURATION=3s ROUNDS=1 benches/load.sh # quick look
+#
+# What it measures, all on loopback:
+#   1. warm hits (@v/list, .info, a 1 MiB and a 20 MiB gem) at 16 and 128 connections with
+#      wrk (2 threads), proxy and nginx interleaved per scenario (A B, then B A, ...) so that
+#      drift of a shared machine falls on both;
+#   2. a cold stampede: 100 concurrent clients on one uncached 20 MiB gem, counting the
+#      requests that reached GitLab and the wall time;
+#   3. peak RSS (sampled VmRSS; nginx: master and all workers summed) while 50 clients
+#      download a 200 MiB gem (warm).
+#
+# Environment: DURATION (10s), ROUNDS (2), CONNECTIONS ("16 128"), STAMPEDE_CLIENTS (100),
+# RSS_CLIENTS (50), LARGE_MB (200), SKIP_BUILD=1 with BIN_DIR=<dir holding gitlab-pkg-cache
+# and fake_gitlab>, KEEP_WORK=1 to keep the temporary directory, OUT (a directory to copy the
+# raw results and logs to).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-2}
+CONNECTIONS=${CONNECTIONS:-"16 128"}
+THREADS=2
+STAMPEDE_CLIENTS=${STAMPEDE_CLIENTS:-100}
+RSS_CLIENTS=${RSS_CLIENTS:-50}
+LARGE_MB=${LARGE_MB:-200}
+FAKE_PORT=${FAKE_PORT:-18581}
+PROXY_PORT=${PROXY_PORT:-18580}
+NGINX_PORT=${NGINX_PORT:-18582}
+TOKEN=glpat-demo-0123456789abcdef
+# What a Go or gem client sends for a private project: HTTP Basic with the token as password.
+AUTH="Authorization: Basic $(printf 'demo:%s' "$TOKEN" | base64 -w0)"
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FAKE_URL=http://127.0.0.1:$FAKE_PORT
+PROXY_URL=http://127.0.0.1:$PROXY_PORT
+NGINX_URL=http://127.0.0.1:$NGINX_PORT
+GO=/api/v4/projects/20/packages/go/gitlab.example.com/bench/private/@v
+GEMS=/api/v4/projects/20/packages/rubygems/gems
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+missing=()
+for tool in nginx wrk curl awk base64; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing nginx-light and wrk (missing: ${missing[*]})"
+        apt-get install -y nginx-light wrk curl >/dev/null
+    else
+        die "missing ${missing[*]}: apt-get install -y nginx-light wrk curl"
+    fi
+fi
+NGINX_BIN=$(command -v nginx)
+
+for port in "$FAKE_PORT" "$PROXY_PORT" "$NGINX_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port is already in use on 127.0.0.1 (set FAKE_PORT/PROXY_PORT/NGINX_PORT)"
+    fi
+done
+
+# --- build -------------------------------------------------------------------------------
+if [[ ${SKIP_BUILD:-} == 1 ]]; then
+    BIN_DIR=${BIN_DIR:?SKIP_BUILD=1 needs BIN_DIR}
+    PROXY_BIN=$BIN_DIR/gitlab-pkg-cache
+    FAKE_BIN=$BIN_DIR/fake_gitlab
+else
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -j 2 --bin gitlab-pkg-cache --example fake_gitlab)
+    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+    PROXY_BIN=$TARGET/release/gitlab-pkg-cache
+    FAKE_BIN=$TARGET/release/examples/fake_gitlab
+fi
+[[ -x $PROXY_BIN && -x $FAKE_BIN ]] || die "binaries not found: $PROXY_BIN $FAKE_BIN"
+
+# --- processes and cleanup ---------------------------------------------------------------
+WORK=$(mktemp -d -t gpc-load.XXXXXX)
+# nginx workers run as an unprivileged user and must reach the cache below this directory.
+chmod 755 "$WORK"
+FAKE_PID="" PROXY_PID="" NGINX_PID="" SAMPLER_PID=""
+
+stop() {
+    local pid=$1
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    stop "$SAMPLER_PID"
+    stop "$NGINX_PID"
+    stop "$PROXY_PID"
+    stop "$FAKE_PID"
+    wait 2>/dev/null || true
+    if [[ -n ${OUT:-} ]]; then
+        mkdir -p "$OUT"
+        cp "$WORK"/*.tsv "$WORK"/*.log "$WORK"/nginx/nginx.conf "$OUT"/ 2>/dev/null || true
+        cp "$WORK"/nginx/error.log "$OUT"/nginx-error.log 2>/dev/null || true
+    fi
+    if [[ ${KEEP_WORK:-} == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until `url` answers anything over HTTP.
+wait_for() {
+    local url=$1 name=$2 pid=$3
+    for _ in $(seq 300); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$url") != 000 ]] && return 0
+        kill -0 "$pid" 2>/dev/null || die "$name exited at start; see its log"
+        sleep 0.1
+    done
+    die "$name did not come up at $url"
+}
+
+log "starting the fake GitLab on $FAKE_URL (with ${LARGE_MB} MiB benchmark gem)"
+"$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --bench --bench-large-mb "$LARGE_MB" --quiet \
+    --token "$TOKEN" --proxy-url "$PROXY_URL" >"$WORK/fake.log" 2>&1 &
+FAKE_PID=$!
+wait_for "$FAKE_URL/-/hits" "fake GitLab" "$FAKE_PID"
+
+log "starting gitlab-pkg-cache on $PROXY_URL"
+GITLAB_PKG_CACHE_LISTEN=127.0.0.1:$PROXY_PORT \
+    GITLAB_PKG_CACHE_UPSTREAM=$FAKE_URL \
+    GITLAB_PKG_CACHE_DATA_DIR=$WORK/proxy-data \
+    "$PROXY_BIN" serve >"$WORK/proxy.log" 2>&1 &
+PROXY_PID=$!
+wait_for "$PROXY_URL/-/healthz" "gitlab-pkg-cache" "$PROXY_PID"
+
+log "starting nginx (proxy_cache) on $NGINX_URL"
+mkdir -p "$WORK/nginx/cache" "$WORK/nginx/temp"
+NGINX_USER=""
+if [[ $(id -u) == 0 ]]; then
+    if id www-data >/dev/null 2>&1; then NGINX_USER="user www-data;"; else NGINX_USER="user nobody nogroup;"; fi
+fi
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# nginx as an admin would put it in front of GitLab's package APIs.
+$NGINX_USER
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log $WORK/nginx/access.log;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    client_body_temp_path $WORK/nginx/temp/client;
+    proxy_temp_path $WORK/nginx/temp/proxy;
+    fastcgi_temp_path $WORK/nginx/temp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/temp/uwsgi;
+    scgi_temp_path $WORK/nginx/temp/scgi;
+
+    proxy_cache_path $WORK/nginx/cache levels=1:2 keys_zone=gitlab_packages:10m
+                     max_size=20g inactive=7d use_temp_path=off;
+
+    upstream gitlab {
+        server 127.0.0.1:$FAKE_PORT;
+        keepalive 32;
+    }
+
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+
+        location /api/v4/projects/ {
+            proxy_pass http://gitlab;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+
+            proxy_cache gitlab_packages;
+            # Every header GitLab reads a credential from is part of the key, so one caller's
+            # answer is never served to another: a careful admin must do this.
+            proxy_cache_key "\$scheme\$proxy_host\$request_uri|\$http_authorization|\$http_private_token|\$http_job_token|\$http_deploy_token|\$cookie__gitlab_session";
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            # Large artifacts take longer than the 5 s default to fill.
+            proxy_cache_lock_timeout 60s;
+            proxy_cache_lock_age 60s;
+            # GitLab marks API answers "max-age=0, private": nothing would be cached otherwise.
+            proxy_ignore_headers Cache-Control Expires Set-Cookie;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+}
+EOF
+"$NGINX_BIN" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
+NGINX_PID=$!
+wait_for "$NGINX_URL/" nginx "$NGINX_PID"
+
+nginx_pids() {
+    echo "$NGINX_PID"
+    ps -o pid= --ppid "$NGINX_PID" | tr -d ' '
+}
+
+upstream_hits() { curl -sf "$FAKE_URL/-/hits${1:+?prefix=$1}"; }
+
+# --- machine -----------------------------------------------------------------------------
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
+    echo "kernel: $(uname -r)"
+    echo "memory: $(free -h | awk '/Mem:/{print $2}')"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //')"
+    echo "wrk: $(wrk --version 2>&1 | head -1 | awk '{print $2}')"
+    echo "proxy: $("$PROXY_BIN" --version)"
+} | tee "$WORK/machine.log" >&2
+
+# --- warm-up -----------------------------------------------------------------------------
+declare -A PATHS=(
+    [list]=$GO/list
+    [info]=$GO/v1.0.0.info
+    [gem_1mb]=$GEMS/bench-1mb-1.0.0.gem
+    [gem_20mb]=$GEMS/bench-20mb-1.0.0.gem
+    [gem_large]=$GEMS/bench-large-1.0.0.gem
+)
+SCENARIOS=(list info gem_1mb gem_20mb)
+
+# After the first GET of each path, later ones must become cache hits on both (the proxy
+# commits a fill just after its last byte went out, so the very next GET may still follow it).
+warm() {
+    local base=$1 header=$2 path status
+    for name in "${SCENARIOS[@]}" gem_large; do
+        path=${PATHS[$name]}
+        curl -sf -o /dev/null -H "$AUTH" "$base$path" || die "warming $base$path failed"
+        for _ in $(seq 50); do
+            status=$(curl -sf -o /dev/null -D - -H "$AUTH" "$base$path" |
+                awk -v h="$header" 'tolower($1) == tolower(h) ":" {print $2}' | tr -d '\r')
+            [[ ${status,,} == hit ]] && break
+            sleep 0.1
+        done
+        [[ ${status,,} == hit ]] || die "$base$path is not a hit after warming ($header: $status)"
+    done
+}
+log "warming both caches"
+warm "$PROXY_URL" x-cache
+warm "$NGINX_URL" x-cache-status
+log "upstream requests so far: $(upstream_hits)"
+
+# --- warm hits under wrk -----------------------------------------------------------------
+cat >"$WORK/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("RESULT %d %d %d %d %d %d %d %d %.0f %.0f\n",
+        summary.requests, summary.bytes, summary.duration,
+        e.connect, e.read, e.write, e.status, e.timeout,
+        latency:percentile(50), latency:percentile(99)))
+end
+EOF
+
+RESULTS=$WORK/wrk.tsv
+printf 'scenario\tconnections\ttarget\tround\trequests\tbytes\tduration_us\terrors\tp50_us\tp99_us\n' >"$RESULTS"
+
+run_wrk() {
+    local target=$1 base=$2 name=$3 conns=$4 round=$5 out line
+    out=$(wrk -t "$THREADS" -c "$conns" -d "$DURATION" --timeout 30s --latency \
+        -s "$WORK/report.lua" -H "$AUTH" "$base${PATHS[$name]}")
+    echo "$out" >>"$WORK/wrk.log"
+    line=$(grep '^RESULT ' <<<"$out") || die "no wrk result for $target $name"
+    read -r _ requests bytes duration connect read write status timeout p50 p99 <<<"$line"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$conns" "$target" "$round" \
+        "$requests" "$bytes" "$duration" $((connect + read + write + status + timeout)) \
+        "$p50" "$p99" >>"$RESULTS"
+    printf '    %-6s %-9s c=%-4s round %s: %8.0f req/s  p99 %s ms  errors %s\n' "$target" "$name" \
+        "$conns" "$round" "$(awk -v r="$requests" -v d="$duration" 'BEGIN{print r/d*1e6}')" \
+        "$(awk -v p="$p99" 'BEGIN{printf "%.2f", p/1000}')" \
+        $((connect + read + write + status + timeout)) >&2
+}
+
+log "warm hits: ${SCENARIOS[*]} x connections {$CONNECTIONS}, $DURATION each, $ROUNDS rounds"
+for name in "${SCENARIOS[@]}"; do
+    for conns in $CONNECTIONS; do
+        for round in $(seq "$ROUNDS"); do
+            if ((round % 2)); then order=(proxy nginx); else order=(nginx proxy); fi
+            for target in "${order[@]}"; do
+                if [[ $target == proxy ]]; then base=$PROXY_URL; else base=$NGINX_URL; fi
+                run_wrk "$target" "$base" "$name" "$conns" "$round"
+            done
+        done
+    done
+done
+
+# --- cold stampede -----------------------------------------------------------------------
+STAMPEDE=$WORK/stampede.tsv
+printf 'target\tclients\tok\tupstream_artifact_fetches\tupstream_requests\twall_s\tslowest_client_s\n' >"$STAMPEDE"
+stampede() {
+    local target=$1 base=$2 path=$GEMS/bench-stampede-1.0.0.gem
+    local before_path before_all start end args=()
+    before_path=$(upstream_hits "$path")
+    before_all=$(upstream_hits)
+    for _ in $(seq "$STAMPEDE_CLIENTS"); do args+=(-o /dev/null "$base$path"); done
+    start=$(date +%s.%N)
+    curl -s -Z --parallel-immediate --parallel-max "$STAMPEDE_CLIENTS" -H "$AUTH" \
+        -w '%{http_code} %{size_download} %{time_total}\n' "${args[@]}" >"$WORK/stampede-$target.log" 2>>"$WORK/curl.log"
+    end=$(date +%s.%N)
+    local ok slowest
+    ok=$(awk '$1 == 200 && $2 == 20971520' "$WORK/stampede-$target.log" | wc -l)
+    slowest=$(awk 'BEGIN{m=0} $3 > m {m=$3} END{printf "%.2f", m}' "$WORK/stampede-$target.log")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$STAMPEDE_CLIENTS" "$ok" \
+        $(($(upstream_hits "$path") - before_path)) $(($(upstream_hits) - before_all)) \
+        "$(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}')" "$slowest" >>"$STAMPEDE"
+}
+log "cold stampede: $STAMPEDE_CLIENTS clients on one uncached 20 MiB gem"
+stampede proxy "$PROXY_URL"
+stampede nginx "$NGINX_URL"
+
+# --- peak RSS ----------------------------------------------------------------------------
+rss_kib() {
+    local total=0 pid kib
+    for pid in "$@"; do
+        kib=$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+RSS=$WORK/rss.tsv
+printf 'target\tclients\tok\tbaseline_mib\tpeak_mib\twall_s\n' >"$RSS"
+rss_run() {
+    local target=$1 base=$2 path=${PATHS[gem_large]} pids args=() start end
+    if [[ $target == proxy ]]; then pids=("$PROXY_PID"); else mapfile -t pids < <(nginx_pids); fi
+    local baseline
+    baseline=$(rss_kib "${pids[@]}")
+    (
+        peak=0
+        while :; do
+            now=$(rss_kib "${pids[@]}")
+            ((now > peak)) && peak=$now && echo "$peak" >"$WORK/peak-$target"
+            sleep 0.05
+        done
+    ) &
+    SAMPLER_PID=$!
+    for _ in $(seq "$RSS_CLIENTS"); do args+=(-o /dev/null "$base$path"); done
+    start=$(date +%s.%N)
+    curl -s -Z --parallel-immediate --parallel-max "$RSS_CLIENTS" -H "$AUTH" \
+        -w '%{http_code} %{size_download}\n' "${args[@]}" >"$WORK/rss-$target.log" 2>>"$WORK/curl.log"
+    end=$(date +%s.%N)
+    stop "$SAMPLER_PID"
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+    local ok
+    ok=$(awk -v n=$((LARGE_MB * 1048576)) '$1 == 200 && $2 == n' "$WORK/rss-$target.log" | wc -l)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$RSS_CLIENTS" "$ok" \
+        "$(awk -v k="$baseline" 'BEGIN{printf "%.1f", k/1024}')" \
+        "$(awk -v k="$(cat "$WORK/peak-$target" 2>/dev/null || echo 0)" 'BEGIN{printf "%.1f", k/1024}')" \
+        "$(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}')" >>"$RSS"
+}
+log "peak RSS: $RSS_CLIENTS clients downloading the ${LARGE_MB} MiB gem (warm)"
+rss_run proxy "$PROXY_URL"
+rss_run nginx "$NGINX_URL"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/machine.log" >&2
+
+# --- report ------------------------------------------------------------------------------
+echo
+echo "## Warm hits (wrk -t$THREADS, $DURATION, mean of $ROUNDS interleaved rounds)"
+echo
+echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | proxy p99 ms | nginx p99 ms | p99 ratio | errors (proxy/nginx) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+awk -F'\t' '
+    NR == 1 { next }
+    {
+        k = $1 SUBSEP $2
+        if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+        t = $3
+        rps[k, t] += $5 / $7 * 1e6
+        mibs[k, t] += $6 / $7 * 1e6 / 1048576
+        p99[k, t] += $10 / 1000
+        err[k, t] += $8
+        runs[k, t]++
+    }
+    END {
+        for (i = 1; i <= n; i++) {
+            k = order[i]; split(k, parts, SUBSEP)
+            pr = rps[k, "proxy"] / runs[k, "proxy"]; nr = rps[k, "nginx"] / runs[k, "nginx"]
+            pm = mibs[k, "proxy"] / runs[k, "proxy"]; nm = mibs[k, "nginx"] / runs[k, "nginx"]
+            pp = p99[k, "proxy"] / runs[k, "proxy"]; np = p99[k, "nginx"] / runs[k, "nginx"]
+            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %d/%d |\n",
+                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pp, np, pp / np,
+                err[k, "proxy"], err[k, "nginx"]
+        }
+    }' "$RESULTS"
+echo
+echo "## Cold stampede ($STAMPEDE_CLIENTS concurrent clients, one uncached 20 MiB gem)"
+echo
+echo "| target | complete 200s | upstream fetches of the gem | all upstream requests | wall time s | slowest client s |"
+echo "|---|---:|---:|---:|---:|---:|"
+awk -F'\t' 'NR > 1 { printf "| %s | %s/%s | %s | %s | %s | %s |\n", $1, $3, $2, $4, $5, $6, $7 }' "$STAMPEDE"
+echo
+echo "## Memory ($RSS_CLIENTS concurrent clients downloading the warm ${LARGE_MB} MiB gem)"
+echo
+echo "| target | complete 200s | RSS before MiB | peak RSS MiB | wall time s | aggregate MiB/s |"
+echo "|---|---:|---:|---:|---:|---:|"
+awk -F'\t' -v mb="$LARGE_MB" 'NR > 1 {
+    printf "| %s | %s/%s | %s | %s | %s | %.0f |\n", $1, $3, $2, $4, $5, $6, $3 * mb / $6
+}' "$RSS"
+echo
+echo "(nginx RSS is the master plus all workers; RSS is sampled every 50 ms.)"
