@@ -262,17 +262,13 @@ impl TryFrom<String> for UpstreamUrl {
     fn try_from(value: String) -> Result<Self, Self::Error> {
         let uri: http::Uri = value
             .parse()
-            .map_err(|e| format!("upstream URL {value:?} is not a URL: {e}"))?;
+            .map_err(|e| format!("the upstream URL is not a URL: {e}"))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
-            _ => {
-                return Err(format!(
-                    "upstream URL {value:?} must start with http:// or https://"
-                ))
-            }
+            _ => return Err("the upstream URL must start with http:// or https://".to_owned()),
         }
         let Some(authority) = uri.authority() else {
-            return Err(format!("upstream URL {value:?} has no host"));
+            return Err("the upstream URL has no host".to_owned());
         };
         if authority.as_str().contains('@') {
             // Credentials in the URL would be used for every caller: GitLab must see the
@@ -280,7 +276,7 @@ impl TryFrom<String> for UpstreamUrl {
             return Err("upstream URL must not contain credentials".to_owned());
         }
         if uri.query().is_some() {
-            return Err(format!("upstream URL {value:?} must not have a query"));
+            return Err("the upstream URL must not have a query".to_owned());
         }
         Ok(UpstreamUrl { uri })
     }
@@ -297,8 +293,32 @@ impl From<UpstreamUrl> for String {
 pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
-    #[error(transparent)]
+    #[error("{}", describe(.0))]
     Figment(#[from] Box<figment::Error>),
+}
+
+/// One line per problem, naming the setting as the TOML file spells it, without the
+/// source-code locations figment adds.
+fn describe(error: &figment::Error) -> String {
+    let lines: Vec<String> = error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let path: Vec<&str> = e
+                .path
+                .iter()
+                .map(String::as_str)
+                .filter(|p| *p != "global" && *p != "default")
+                .collect();
+            let key = path.join(".");
+            match (path.is_empty(), origin_of(&key)) {
+                (true, _) => e.kind.to_string(),
+                (false, Some(origin)) => format!("setting {key} ({origin}): {}", e.kind),
+                (false, None) => format!("setting {key}: {}", e.kind),
+            }
+        })
+        .collect();
+    lines.join("; ")
 }
 
 impl Config {
@@ -447,6 +467,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_CONFIG",
         value_name = "FILE"
     )]
@@ -455,6 +476,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_LISTEN",
         value_name = "ADDR"
     )]
@@ -463,6 +485,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM",
         value_name = "URL"
     )]
@@ -471,6 +494,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_DATA_DIR",
         value_name = "DIR"
     )]
@@ -479,6 +503,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_CA_FILE",
         value_name = "FILE"
     )]
@@ -487,6 +512,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_CONNECT_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -495,6 +521,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_RESPONSE_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -503,6 +530,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_BODY_IDLE_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -511,6 +539,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_MAX_REDIRECTS",
         value_name = "N"
     )]
@@ -519,6 +548,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_POOL_MAX_IDLE",
         value_name = "N"
     )]
@@ -527,6 +557,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_FAILURE_THRESHOLD",
         value_name = "N"
     )]
@@ -535,6 +566,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_UPSTREAM_DOWN_BACKOFF",
         value_name = "DURATION"
     )]
@@ -543,6 +575,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_TLS_CERT",
         value_name = "FILE"
     )]
@@ -551,6 +584,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_TLS_KEY",
         value_name = "FILE"
     )]
@@ -559,6 +593,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_HEADER_READ_TIMEOUT",
         value_name = "DURATION"
     )]
@@ -567,6 +602,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_MAX_UPLOAD_BYTES",
         value_name = "SIZE"
     )]
@@ -575,6 +611,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_SHUTDOWN_GRACE",
         value_name = "DURATION"
     )]
@@ -583,6 +620,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_METADATA_TTL",
         value_name = "DURATION"
     )]
@@ -591,6 +629,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_METADATA_MAX_STALE",
         value_name = "DURATION"
     )]
@@ -599,6 +638,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_OFFLINE_GRACE",
         value_name = "DURATION"
     )]
@@ -607,6 +647,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_NEGATIVE_TTL",
         value_name = "DURATION"
     )]
@@ -615,6 +656,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_AUTH_TTL",
         value_name = "DURATION"
     )]
@@ -623,6 +665,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_MEMORY_MAX_BYTES",
         value_name = "SIZE"
     )]
@@ -631,6 +674,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_MEMORY_ENTRY_MAX_BYTES",
         value_name = "SIZE"
     )]
@@ -639,6 +683,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_SLED_CACHE_BYTES",
         value_name = "SIZE"
     )]
@@ -647,6 +692,7 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_CACHE_MAX_BYTES",
         value_name = "SIZE"
     )]
@@ -655,17 +701,25 @@ pub struct Overrides {
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_MIN_FREE_BYTES",
         value_name = "SIZE"
     )]
     pub min_free_bytes: Option<String>,
     /// Log format.
-    #[arg(long, global = true, env = "GITLAB_PKG_CACHE_LOG_FORMAT", value_enum)]
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_LOG_FORMAT",
+        value_enum
+    )]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `gitlab_pkg_cache=debug` [default: info].
     #[arg(
         long,
         global = true,
+        hide_env_values = true,
         env = "GITLAB_PKG_CACHE_LOG",
         value_name = "FILTER"
     )]
@@ -675,54 +729,68 @@ pub struct Overrides {
 impl Overrides {
     /// The settings given, as `(dotted key, value)` pairs for figment.
     fn pairs(&self) -> Vec<(&'static str, String)> {
-        let strings: [(&'static str, &Option<String>); 27] = [
-            ("listen", &self.listen),
-            ("upstream.url", &self.upstream),
-            ("data_dir", &self.data_dir),
-            ("upstream.ca_file", &self.upstream_ca_file),
-            ("upstream.connect_timeout", &self.upstream_connect_timeout),
-            ("upstream.response_timeout", &self.upstream_response_timeout),
-            (
-                "upstream.body_idle_timeout",
-                &self.upstream_body_idle_timeout,
-            ),
-            ("upstream.max_redirects", &self.upstream_max_redirects),
-            ("upstream.pool_max_idle", &self.upstream_pool_max_idle),
-            (
-                "upstream.failure_threshold",
-                &self.upstream_failure_threshold,
-            ),
-            ("upstream.down_backoff", &self.upstream_down_backoff),
-            ("tls.cert_file", &self.tls_cert),
-            ("tls.key_file", &self.tls_key),
-            ("server.header_read_timeout", &self.header_read_timeout),
-            ("server.max_upload_bytes", &self.max_upload_bytes),
-            ("server.shutdown_grace", &self.shutdown_grace),
-            ("cache.metadata_ttl", &self.metadata_ttl),
-            ("cache.metadata_max_stale", &self.metadata_max_stale),
-            ("cache.offline_grace", &self.offline_grace),
-            ("cache.negative_ttl", &self.negative_ttl),
-            ("cache.auth_ttl", &self.auth_ttl),
-            ("cache.memory_max_bytes", &self.memory_max_bytes),
-            ("cache.memory_entry_max_bytes", &self.memory_entry_max_bytes),
-            ("store.sled_cache_bytes", &self.sled_cache_bytes),
-            ("store.max_bytes", &self.cache_max_bytes),
-            ("store.min_free_bytes", &self.min_free_bytes),
-            ("log.filter", &self.log),
-        ];
-        let mut pairs: Vec<(&'static str, String)> = strings
+        self.table()
             .into_iter()
-            .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
-            .collect();
-        if let Some(format) = self.log_format {
-            let name = match format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            };
-            pairs.push(("log.format", name.to_owned()));
-        }
-        pairs
+            .filter_map(|(key, _, value)| value.map(|v| (key, v)))
+            .collect()
     }
+
+    /// Every setting a flag can carry: (TOML key, clap argument id, value given).
+    fn table(&self) -> Vec<(&'static str, &'static str, Option<String>)> {
+        macro_rules! settings {
+            ($($key:literal => $field:ident),* $(,)?) => {
+                vec![$(($key, stringify!($field), self.$field.clone())),*]
+            };
+        }
+        let mut table = settings![
+            "listen" => listen,
+            "upstream.url" => upstream,
+            "data_dir" => data_dir,
+            "upstream.ca_file" => upstream_ca_file,
+            "upstream.connect_timeout" => upstream_connect_timeout,
+            "upstream.response_timeout" => upstream_response_timeout,
+            "upstream.body_idle_timeout" => upstream_body_idle_timeout,
+            "upstream.max_redirects" => upstream_max_redirects,
+            "upstream.pool_max_idle" => upstream_pool_max_idle,
+            "upstream.failure_threshold" => upstream_failure_threshold,
+            "upstream.down_backoff" => upstream_down_backoff,
+            "tls.cert_file" => tls_cert,
+            "tls.key_file" => tls_key,
+            "server.header_read_timeout" => header_read_timeout,
+            "server.max_upload_bytes" => max_upload_bytes,
+            "server.shutdown_grace" => shutdown_grace,
+            "cache.metadata_ttl" => metadata_ttl,
+            "cache.metadata_max_stale" => metadata_max_stale,
+            "cache.offline_grace" => offline_grace,
+            "cache.negative_ttl" => negative_ttl,
+            "cache.auth_ttl" => auth_ttl,
+            "cache.memory_max_bytes" => memory_max_bytes,
+            "cache.memory_entry_max_bytes" => memory_entry_max_bytes,
+            "store.sled_cache_bytes" => sled_cache_bytes,
+            "store.max_bytes" => cache_max_bytes,
+            "store.min_free_bytes" => min_free_bytes,
+            "log.filter" => log,
+        ];
+        let format = self.log_format.map(|format| match format {
+            LogFormat::Text => "text".to_owned(),
+            LogFormat::Json => "json".to_owned(),
+        });
+        table.push(("log.format", "log_format", format));
+        table
+    }
+}
+
+/// The flag and environment variable that set a TOML key, as `--flag / VARIABLE`.
+fn origin_of(key: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let (_, id, _) = Overrides::default()
+        .table()
+        .into_iter()
+        .find(|(k, _, _)| *k == key)?;
+    let command = Cli::command();
+    let arg = command.get_arguments().find(|a| a.get_id() == id)?;
+    let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+    Some(format!("--{} / {env}", arg.get_long()?))
 }
 
 #[cfg(test)]
@@ -809,6 +877,14 @@ mod tests {
             let err = Config::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(needle), "{toml:?}: {err}");
             assert!(!err.contains("secret"), "secret echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn every_flag_setting_names_its_flag_and_variable() {
+        for (key, _, _) in Overrides::default().table() {
+            let origin = origin_of(key).unwrap_or_else(|| panic!("{key} has no flag"));
+            assert!(origin.contains(ENV_PREFIX), "{key}: {origin}");
         }
     }
 

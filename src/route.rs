@@ -47,10 +47,11 @@ impl ProjectRef {
             return Err(NameError::TooLong("project", MAX_PROJECT));
         }
         let decoded = decode_component(raw, "project")?;
-        if decoded.contains('/')
-            && decoded
-                .split('/')
-                .any(|s| s.is_empty() || s == "." || s == "..")
+        // Whole or in part, a dot segment would let a path-normalising hop in front of
+        // GitLab read another path than the one routed here.
+        if decoded
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
         {
             return Err(NameError::Invalid("project", "empty or dot path segment"));
         }
@@ -523,6 +524,9 @@ mod tests {
             "/api/v4/projects/42/packages/go/a%0a/@v/list".to_owned(),
             "/api/v4/projects/a%2F..%2Fb/packages/go/x/@v/list".to_owned(),
             "/api/v4/projects/%zz/packages/go/x/@v/list".to_owned(),
+            "/api/v4/projects/../packages/rubygems/specs.4.8.gz".to_owned(),
+            "/api/v4/projects/%2e%2E/packages/rubygems/specs.4.8.gz".to_owned(),
+            "/api/v4/projects/./packages/go/x/@v/list".to_owned(),
             format!("{GEMS}/gems/..%2Fsecret.gem"),
             format!("{GEMS}/gems/a%00.gem"),
             format!("{GEMS}/api/v1/dependencies?gems=../x"),

@@ -299,16 +299,13 @@ async fn metadata(
         if usable && known {
             return match authorize(state, route, decision, &headers, head).await? {
                 Authorized::Yes(took) => {
-                    if *age >= cache.metadata_ttl {
+                    let outcome = if *age >= cache.metadata_ttl {
                         refresh_in_background(state, route, &key, &headers);
-                    }
-                    Ok(serve_cached(
-                        response,
-                        StatusCode::OK,
-                        head,
-                        CacheOutcome::Hit,
-                        took,
-                    ))
+                        CacheOutcome::Stale
+                    } else {
+                        CacheOutcome::Hit
+                    };
+                    Ok(serve_cached(response, StatusCode::OK, head, outcome, took))
                 }
                 Authorized::No(refusal) => Ok(refusal),
             };
