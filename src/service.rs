@@ -280,16 +280,17 @@ async fn metadata(
     let headers = forward_headers(request.headers(), client, true);
     let key = route.content_key();
     let cache = &state.config.cache;
-    if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
-        if not_found.age < cache.negative_ttl {
-            return Ok(serve_cached(
-                &not_found.response,
-                StatusCode::NOT_FOUND,
-                head,
-                CacheOutcome::Hit,
-                None,
-            ));
-        }
+    if let Some(not_found) = remembered_not_found(
+        state,
+        decision,
+        &key,
+        cache.negative_ttl,
+        head,
+        CacheOutcome::Hit,
+    )
+    .await
+    {
+        return Ok(not_found);
     }
     let cached = state.memory.get(&key).await;
     if let Some(Lookup { response, age }) = &cached {
@@ -355,20 +356,42 @@ async fn metadata(
             }
             // The go command walks a GOPROXY list on 404s: a remembered "not here" for this
             // caller keeps that walk working during the outage.
-            if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
-                if not_found.age < cache.offline_grace {
-                    return Ok(serve_cached(
-                        &not_found.response,
-                        StatusCode::NOT_FOUND,
-                        head,
-                        CacheOutcome::Stale,
-                        None,
-                    ));
-                }
+            if let Some(not_found) = remembered_not_found(
+                state,
+                decision,
+                &key,
+                cache.offline_grace,
+                head,
+                CacheOutcome::Stale,
+            )
+            .await
+            {
+                return Ok(not_found);
             }
             Err(error)
         }
     }
+}
+
+/// The 404 GitLab gave this caller for `key`, replayed if younger than `max_age`.
+async fn remembered_not_found(
+    state: &AppState,
+    decision: &DecisionKey,
+    key: &str,
+    max_age: Duration,
+    head: bool,
+    outcome: CacheOutcome,
+) -> Option<Handled> {
+    let not_found = state.memory.get_negative(decision.caller, key).await?;
+    (not_found.age < max_age).then(|| {
+        serve_cached(
+            &not_found.response,
+            StatusCode::NOT_FOUND,
+            head,
+            outcome,
+            None,
+        )
+    })
 }
 
 /// Keeps GitLab's answer where it may be kept (a 200 for everyone GitLab accepts, a 404 for
@@ -523,16 +546,17 @@ async fn artifact(
             tracing::warn!(%key, error = %e, "artifact store lookup failed; fetching from GitLab")
         }
     }
-    if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
-        if not_found.age < state.config.cache.negative_ttl {
-            return Ok(serve_cached(
-                &not_found.response,
-                StatusCode::NOT_FOUND,
-                head,
-                CacheOutcome::Hit,
-                None,
-            ));
-        }
+    if let Some(not_found) = remembered_not_found(
+        state,
+        decision,
+        &key,
+        state.config.cache.negative_ttl,
+        head,
+        CacheOutcome::Hit,
+    )
+    .await
+    {
+        return Ok(not_found);
     }
     if head {
         return relay_route(state, route, Some(decision), request, client).await;
@@ -569,16 +593,17 @@ async fn lead(
     let (response, took) = match fetch(state, get(route.path_and_query(), headers, true)).await? {
         Fetched::Answer(response, took) => (response, took),
         Fetched::Failed(error) => {
-            if let Some(not_found) = state.memory.get_negative(decision.caller, &key).await {
-                if not_found.age < state.config.cache.offline_grace {
-                    return Ok(serve_cached(
-                        &not_found.response,
-                        StatusCode::NOT_FOUND,
-                        false,
-                        CacheOutcome::Stale,
-                        None,
-                    ));
-                }
+            if let Some(not_found) = remembered_not_found(
+                state,
+                decision,
+                &key,
+                state.config.cache.offline_grace,
+                false,
+                CacheOutcome::Stale,
+            )
+            .await
+            {
+                return Ok(not_found);
             }
             return Err(error);
         }

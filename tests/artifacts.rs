@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::eventually;
+
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -105,17 +107,6 @@ fn zip_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     }
     entries.sort();
     entries
-}
-
-/// Waits (bounded) for a condition that background work makes true.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

@@ -11,9 +11,10 @@
 
 mod support;
 
+use support::eventually;
+
 use std::collections::HashMap;
 use std::io::Read;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -264,17 +265,6 @@ fn artifact_key(path: &str) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// Waits (bounded) for a condition that background work makes true.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// Fetches every resource of both projects through the proxy as an authorized caller, waits

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::eventually;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,16 +98,6 @@ fn always_revalidate(config: &mut Config) {
 async fn get(proxy: &TestProxy, path: &str, token: Option<&str>) -> client::Response {
     let headers: Vec<(&str, &str)> = token.map(|t| ("private-token", t)).into_iter().collect();
     client::get(&format!("{}{path}", proxy.url()), &headers).await
-}
-
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

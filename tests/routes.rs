@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::eventually;
+
 use std::io::Read;
 use std::time::Duration;
 
@@ -155,17 +157,6 @@ fn same_body(a: &[u8], b: &[u8]) -> bool {
             (zip_entries(a), zip_entries(b)),
             (Some(x), Some(y)) if x == y
         )
-}
-
-/// Waits (bounded) for a condition that background work makes true.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// Whether the proxy has stored the answer to `path`, or never stores it (memory-tier and

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::eventually;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -437,17 +439,6 @@ async fn until_refused(addr: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{addr} still accepts connections");
-}
-
-/// Waits (bounded) for a condition that background work makes true.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// Starts a GET of `url` in the background, to be held by the fake.
