@@ -268,18 +268,31 @@ end
 EOF
 
 RESULTS=$WORK/wrk.tsv
-printf 'scenario\tconnections\ttarget\tround\trequests\tbytes\tduration_us\terrors\tp50_us\tp99_us\n' >"$RESULTS"
+printf 'scenario\tconnections\ttarget\tround\trequests\tbytes\tduration_us\terrors\tp50_us\tp99_us\tserver_cpu_ticks\n' >"$RESULTS"
+
+# User plus system CPU time of processes, in clock ticks.
+cpu_ticks() {
+    local total=0 pid ticks
+    for pid in "$@"; do
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        total=$((total + ${ticks:-0}))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
 
 run_wrk() {
-    local target=$1 base=$2 name=$3 conns=$4 round=$5 out line
+    local target=$1 base=$2 name=$3 conns=$4 round=$5 out line pids before
+    if [[ $target == proxy ]]; then pids=("$PROXY_PID"); else mapfile -t pids < <(nginx_pids); fi
+    before=$(cpu_ticks "${pids[@]}")
     out=$(wrk -t "$THREADS" -c "$conns" -d "$DURATION" --timeout 30s --latency \
         -s "$WORK/report.lua" -H "$AUTH" "$base${PATHS[$name]}")
     echo "$out" >>"$WORK/wrk.log"
     line=$(grep '^RESULT ' <<<"$out") || die "no wrk result for $target $name"
     read -r _ requests bytes duration connect read write status timeout p50 p99 <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$conns" "$target" "$round" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$conns" "$target" "$round" \
         "$requests" "$bytes" "$duration" $((connect + read + write + status + timeout)) \
-        "$p50" "$p99" >>"$RESULTS"
+        "$p50" "$p99" $(($(cpu_ticks "${pids[@]}") - before)) >>"$RESULTS"
     printf '    %-6s %-9s c=%-4s round %s: %8.0f req/s  p99 %s ms  errors %s\n' "$target" "$name" \
         "$conns" "$round" "$(awk -v r="$requests" -v d="$duration" 'BEGIN{print r/d*1e6}')" \
         "$(awk -v p="$p99" 'BEGIN{printf "%.2f", p/1000}')" \
@@ -372,9 +385,9 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/machine.log"
 echo
 echo "## Warm hits (wrk -t$THREADS, $DURATION, mean of $ROUNDS interleaved rounds)"
 echo
-echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | proxy p99 ms | nginx p99 ms | p99 ratio | errors (proxy/nginx) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-awk -F'\t' '
+echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | proxy p99 ms | nginx p99 ms | p99 ratio | server CPU µs/req (proxy/nginx) | errors (proxy/nginx) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+awk -F'\t' -v tck="$CLK_TCK" '
     NR == 1 { next }
     {
         k = $1 SUBSEP $2
@@ -384,6 +397,7 @@ awk -F'\t' '
         mibs[k, t] += $6 / $7 * 1e6 / 1048576
         p99[k, t] += $10 / 1000
         err[k, t] += $8
+        cpu[k, t] += $11 / tck * 1e6 / ($5 > 0 ? $5 : 1)
         runs[k, t]++
     }
     END {
@@ -392,8 +406,9 @@ awk -F'\t' '
             pr = rps[k, "proxy"] / runs[k, "proxy"]; nr = rps[k, "nginx"] / runs[k, "nginx"]
             pm = mibs[k, "proxy"] / runs[k, "proxy"]; nm = mibs[k, "nginx"] / runs[k, "nginx"]
             pp = p99[k, "proxy"] / runs[k, "proxy"]; np = p99[k, "nginx"] / runs[k, "nginx"]
-            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %d/%d |\n",
-                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pp, np, pp / np,
+            pc = cpu[k, "proxy"] / runs[k, "proxy"]; nc = cpu[k, "nginx"] / runs[k, "nginx"]
+            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f/%.0f | %d/%d |\n",
+                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pp, np, pp / np, pc, nc,
                 err[k, "proxy"], err[k, "nginx"]
         }
     }' "$RESULTS"
