@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::eventually;
+use support::{eventually, stalled_download};
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -495,4 +495,30 @@ async fn a_full_disk_degrades_to_pass_through() {
     .await;
     let hit = get(&proxy, &zip, &[]).await;
     assert_eq!((hit.header("x-cache"), &hit.body), (Some("hit"), &r.body));
+}
+
+#[tokio::test]
+async fn a_slow_leader_does_not_hold_back_its_waiters() {
+    let fake = gitlab(12_000_000).await;
+    let proxy = TestProxy::start(&fake.url()).await;
+    let zip = format!("{PUBLIC_GO}/v1.0.0.zip");
+    let authority = proxy.url().trim_start_matches("http://").to_owned();
+    // The first caller leads the fill, then stops reading.
+    let stalled = stalled_download(&authority, &zip).await;
+    let waiter = tokio::time::timeout(Duration::from_secs(60), get(&proxy, &zip, &[]))
+        .await
+        .expect("the waiter is not held back by the stalled leader");
+    assert_eq!(
+        (waiter.status, waiter.header("x-cache")),
+        (200, Some("coalesced"))
+    );
+    let direct = client::get(&format!("{}{zip}", fake.url()), &[]).await;
+    assert_eq!(waiter.body, direct.body);
+    let store = proxy.state.fills.store().clone();
+    eventually("the fill finished while its leader stalls", || {
+        is_stored(&store, &zip)
+    })
+    .await;
+    assert_eq!(fake.hits(&zip), 2, "one fill, plus the direct fetch above");
+    drop(stalled);
 }

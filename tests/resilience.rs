@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::eventually;
+use support::{eventually, stalled_download};
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use gitlab_pkg_cache::config::Config;
 use support::client;
 use support::fake_gitlab::{Access, FakeGitLab, Fault, TokenKind, TokenState, Visibility};
 use support::proxy::TestProxy;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TIME: &str = "2024-05-01T10:00:00.000+00:00";
 const GO: &str = "/api/v4/projects/2/packages/go/gitlab.example.com/group/secret";
@@ -470,26 +470,11 @@ async fn large_zips() -> FakeGitLab {
     builder.start().await
 }
 
-/// Starts downloading `path` and stops reading after the first bytes, with a tiny receive
-/// window, so the proxy's fill stalls behind this client.
-async fn stalled_download(authority: &str, path: &str) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let addr: std::net::SocketAddr = authority.parse().expect("proxy address");
-    let mut stream = socket.connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut some = vec![0u8; 16 * 1024];
-    stream
-        .read_exact(&mut some)
-        .await
-        .expect("first bytes arrive");
-    stream
-}
-
 #[tokio::test]
 async fn sigkill_during_fills_leaves_no_truncated_artifact() {
     let fake = large_zips().await;
+    // GitLab sends half of each zip and then nothing: the fills are caught in the middle.
+    fake.set_fault(&format!("{PUBLIC_GO}/@v/"), Fault::StallMidBody);
     let data_dir = tempfile::tempdir().expect("data dir");
     let (mut child, url) = spawn_binary(&fake.url(), data_dir.path()).await;
     let authority = url.trim_start_matches("http://").to_owned();
@@ -500,6 +485,7 @@ async fn sigkill_during_fills_leaves_no_truncated_artifact() {
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("the proxy died");
     drop(stalled);
+    fake.clear_faults();
 
     fake.reset_hits();
     let (_child, url) = spawn_binary(&fake.url(), data_dir.path()).await;
@@ -528,11 +514,13 @@ async fn a_fill_cut_by_shutdown_leaves_nothing_visible() {
     })
     .await;
     let zip = format!("{PUBLIC_GO}/@v/v1.0.0.zip");
+    fake.set_fault(&zip, Fault::StallMidBody);
     let authority = proxy.url().trim_start_matches("http://").to_owned();
     let stream = stalled_download(&authority, &zip).await;
     // The client stops reading; the proxy is asked to stop and cuts it after the grace.
     let data_dir = proxy.stop().await;
     drop(stream);
+    fake.clear_faults();
     let proxy = TestProxy::start_in(&fake.url(), data_dir, |_| {}).await;
     let after = get(&proxy, &zip, None).await;
     assert_eq!((after.status, after.header("x-cache")), (200, Some("miss")));

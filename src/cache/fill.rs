@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::{self, Body, BoxError};
 use crate::metrics::Metrics;
@@ -220,22 +220,93 @@ impl Leader {
             written: 0,
         });
         let (leader_tx, leader_rx) = mpsc::channel(LEADER_BUFFER);
+        let (switch_tx, switch_rx) = oneshot::channel();
+        // The leader may fall back on the store only if it can hold the fill's chunks.
+        let fallback = store
+            .pin(fill)
+            .map(|pin| Reader::following(&self.fills, self.key.clone(), fill, tx.subscribe(), pin));
         let task = FillTask {
             key: std::mem::take(&mut self.key),
             head,
             tx,
             fills: self.fills.clone(),
+            storing: true,
+            switch: fallback.is_some().then_some(switch_tx),
             leader: Some(leader_tx),
+            leader_sent: 0,
         };
         self.fills.spawn(task.run(upstream));
-        Ok(channel_body(leader_rx))
+        Ok(leader_body(leader_rx, switch_rx, fallback))
     }
 }
 
-fn channel_body(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> Body {
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item.map(Frame::data), rx))
+/// Where the leader's body comes from.
+enum LeaderSource {
+    /// GitLab's frames as the fill relays them; then, if the fill said the leader fell
+    /// behind, the store from that offset on.
+    Relayed {
+        rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+        switch: oneshot::Receiver<u64>,
+        fallback: Option<Reader>,
+    },
+    /// The store, skipping `skip` bytes of the next chunk.
+    Store { reader: Reader, skip: usize },
+}
+
+/// The leader's body. A leader slower than GitLab is switched to reading the store like a
+/// waiter, so one slow client never slows a fill that others are waiting on.
+fn leader_body(
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+    switch: oneshot::Receiver<u64>,
+    fallback: Option<Reader>,
+) -> Body {
+    let start = LeaderSource::Relayed {
+        rx,
+        switch,
+        fallback,
+    };
+    let frames = futures_util::stream::unfold(Some(start), |source| async move {
+        let mut source = source?;
+        loop {
+            match source {
+                LeaderSource::Relayed {
+                    mut rx,
+                    mut switch,
+                    fallback,
+                } => match rx.recv().await {
+                    Some(Ok(data)) => {
+                        let next = LeaderSource::Relayed {
+                            rx,
+                            switch,
+                            fallback,
+                        };
+                        return Some((Ok(Frame::data(data)), Some(next)));
+                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None => match (switch.try_recv(), fallback) {
+                        (Ok(offset), Some(mut reader)) => {
+                            let chunk = CHUNK_SIZE as u64;
+                            reader.next = u32::try_from(offset / chunk).unwrap_or(u32::MAX);
+                            let skip = usize::try_from(offset % chunk).unwrap_or(0);
+                            source = LeaderSource::Store { reader, skip };
+                        }
+                        // The relay ended without a switch: the body is complete.
+                        _ => return None,
+                    },
+                },
+                LeaderSource::Store { mut reader, skip } => {
+                    return match reader.next_chunk().await {
+                        Ok(Some(chunk)) => {
+                            let rest = chunk.slice(skip.min(chunk.len())..);
+                            let next = LeaderSource::Store { reader, skip: 0 };
+                            Some((Ok(Frame::data(rest)), Some(next)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), None)),
+                    };
+                }
+            }
+        }
     });
     body::boxed(StreamBody::new(frames))
 }
@@ -245,7 +316,13 @@ struct FillTask {
     head: Arc<Head>,
     tx: watch::Sender<Progress>,
     fills: Fills,
+    /// False once the store failed: the leader alone is served from then on.
+    storing: bool,
+    /// Tells the leader from which offset to read the store when it falls behind.
+    switch: Option<oneshot::Sender<u64>>,
     leader: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
+    /// Bytes relayed to the leader so far.
+    leader_sent: u64,
 }
 
 impl FillTask {
@@ -260,7 +337,6 @@ impl FillTask {
         let mut len = 0u64;
         let mut pending = BytesMut::with_capacity(CHUNK_SIZE);
         let mut written = 0u32;
-        let mut storing = true;
         let read = loop {
             match upstream.frame().await {
                 None => break Ok(()),
@@ -273,13 +349,12 @@ impl FillTask {
                     len += data.len() as u64;
                     hasher.update(&data);
                     self.send_to_leader(Ok(data.clone())).await;
-                    if storing {
+                    if self.storing {
                         pending.extend_from_slice(&data);
                         while pending.len() >= CHUNK_SIZE {
                             let chunk = pending.split_to(CHUNK_SIZE).freeze();
                             if let Err(e) = store.write_chunk(fill, written, chunk).await {
                                 self.store_failed(&e).await;
-                                storing = false;
                                 break;
                             }
                             written += 1;
@@ -289,7 +364,7 @@ impl FillTask {
                             });
                         }
                     }
-                    if !storing && self.leader.is_none() {
+                    if !self.storing && self.leader.is_none() {
                         // Nobody is left to read what GitLab sends.
                         return;
                     }
@@ -298,14 +373,14 @@ impl FillTask {
         };
         if let Err(e) = read {
             tracing::warn!(key = %self.key, error = %e, bytes = len, "artifact fill broke; nothing stored");
-            if storing {
+            if self.storing {
                 store.abort_fill(fill).await;
                 self.fills.finish(&self.key, &self.tx, Progress::Failed);
             }
             self.send_to_leader(Err(e)).await;
             return;
         }
-        if !storing {
+        if !self.storing {
             return;
         }
         if !pending.is_empty() {
@@ -347,15 +422,35 @@ impl FillTask {
     }
 
     async fn send_to_leader(&mut self, item: Result<Bytes, BoxError>) {
-        if let Some(leader) = &self.leader {
-            if leader.send(item).await.is_err() {
+        let Some(leader) = &self.leader else {
+            return;
+        };
+        let len = item.as_ref().map_or(0, |data| data.len() as u64);
+        if item.is_ok() && self.storing && self.switch.is_some() {
+            match leader.try_send(item) {
+                Ok(()) => self.leader_sent += len,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The leader's client is slower than GitLab: it goes on from the store
+                    // (this piece included) and the fill goes on at GitLab's pace.
+                    if let Some(switch) = self.switch.take() {
+                        let _ = switch.send(self.leader_sent);
+                    }
+                    self.leader = None;
+                }
                 // The leader's client went away; the fill goes on for the others.
-                self.leader = None;
+                Err(mpsc::error::TrySendError::Closed(_)) => self.leader = None,
             }
+            return;
+        }
+        if leader.send(item).await.is_ok() {
+            self.leader_sent += len;
+        } else {
+            self.leader = None;
         }
     }
 
     async fn store_failed(&mut self, e: &StoreError) {
+        self.storing = false;
         tracing::warn!(key = %self.key, error = %e, "artifact store failed; serving uncached");
         self.fills.store.abort_fill(self.head.fill).await;
         self.fills.finish(&self.key, &self.tx, Progress::Failed);

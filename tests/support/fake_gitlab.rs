@@ -130,6 +130,8 @@ pub enum Fault {
     /// Send the real headers (with the real `Content-Length`) and half of the body, then
     /// drop the connection.
     ResetMidBody,
+    /// Send the real headers and half of the body, then nothing more (until shutdown).
+    StallMidBody,
     /// Declare a `Content-Length` larger than the body that is sent, then close.
     WrongContentLength,
     /// Send the headers, then the body after this delay, in small pieces.

@@ -170,6 +170,14 @@ fn deliver(response: Response<Bytes>, fault: Option<&Fault>) -> Response<Body> {
             let reset = io::Error::new(io::ErrorKind::ConnectionReset, "fault: reset mid-body");
             paced(Duration::ZERO, vec![Ok(Frame::data(half)), Err(reset)])
         }
+        Some(Fault::StallMidBody) => {
+            // Half the body with its real length declared, then silence until shutdown: a
+            // transfer caught in the middle, for crash and shutdown tests.
+            let half: Result<Frame<Bytes>, io::Error> =
+                Ok(Frame::data(bytes.slice(..bytes.len() / 2)));
+            let stall = stream::once(std::future::pending());
+            StreamBody::new(stream::StreamExt::chain(stream::iter([half]), stall)).boxed_unsync()
+        }
         Some(Fault::WrongContentLength) => {
             // A streamed body has no length of its own, so hyper trusts the header, and
             // closes the connection when the body ends short of it.
