@@ -3,9 +3,10 @@
 
 mod support;
 
+use support::fixtures::{noise, zip_entries};
+
 use support::{eventually, stalled_download};
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,21 +28,6 @@ const PUBLIC_GO: &str = "/api/v4/projects/1/packages/go/gitlab.example.com/group
 const PRIVATE_GO: &str = "/api/v4/projects/2/packages/go/gitlab.example.com/group/secret/@v";
 const GEMS: &str = "/api/v4/projects/1/packages/rubygems/gems";
 const READER: &str = "glpat-reader";
-
-/// Bytes that do not compress, so a zip of them is as large as they are.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect()
-}
 
 fn module_files(module: &str, payload: usize) -> Vec<(String, Vec<u8>)> {
     vec![
@@ -93,20 +79,6 @@ async fn gitlab(payload: usize) -> FakeGitLab {
 
 async fn get(proxy: &TestProxy, path: &str, headers: &[(&str, &str)]) -> client::Response {
     client::get(&format!("{}{path}", proxy.url()), headers).await
-}
-
-/// Names and contents of a zip's entries (GitLab's zip bytes differ per request; these do not).
-fn zip_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
-    let mut entries = Vec::new();
-    for i in 0..archive.len() {
-        let mut file = archive.by_index(i).expect("zip entry");
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).expect("zip entry data");
-        entries.push((file.name().to_owned(), data));
-    }
-    entries.sort();
-    entries
 }
 
 #[tokio::test]
@@ -202,8 +174,8 @@ async fn fifty_concurrent_cold_requests_fetch_once() {
     fake.clear_faults();
     let direct = client::get(&format!("{}{zip}", fake.url()), &[]).await;
     assert_eq!(
-        zip_entries(&bodies[0]),
-        zip_entries(&direct.body),
+        zip_entries(&bodies[0]).expect("a zip"),
+        zip_entries(&direct.body).expect("a zip"),
         "same content as GitLab's"
     );
     let later = get(&proxy, &zip, &[]).await;
@@ -322,7 +294,10 @@ async fn a_corrupt_chunk_on_disk_is_dropped_and_fetched_again() {
         "the damaged copy was not served"
     );
     assert_eq!(fake.hits(&zip), 1, "refetched from GitLab");
-    assert_eq!(zip_entries(&served.body), zip_entries(&original.body));
+    assert_eq!(
+        zip_entries(&served.body).expect("a zip"),
+        zip_entries(&original.body).expect("a zip")
+    );
     let store = proxy.state.fills.store().clone();
     eventually("the refetched zip is stored", || is_stored(&store, &zip)).await;
     let again = get(&proxy, &zip, &[]).await;
@@ -473,13 +448,19 @@ async fn a_full_disk_degrades_to_pass_through() {
     // The disk refuses the fill outright: the caller is served straight from GitLab.
     let r = get(&proxy, &zip, &[]).await;
     assert_eq!((r.status, r.header("x-cache")), (200, Some("bypass")));
-    assert_eq!(zip_entries(&r.body), zip_entries(&direct.body));
+    assert_eq!(
+        zip_entries(&r.body).expect("a zip"),
+        zip_entries(&direct.body).expect("a zip")
+    );
 
     // The disk fills up half way: the caller still gets every byte.
     disk.fail_after.store(2, Ordering::SeqCst);
     let r = get(&proxy, &zip, &[]).await;
     assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")));
-    assert_eq!(zip_entries(&r.body), zip_entries(&direct.body));
+    assert_eq!(
+        zip_entries(&r.body).expect("a zip"),
+        zip_entries(&direct.body).expect("a zip")
+    );
     assert!(
         disk.lookup(&zip).expect("lookup").is_none(),
         "nothing half-written is visible"

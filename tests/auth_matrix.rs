@@ -11,10 +11,11 @@
 
 mod support;
 
+use support::fixtures::same_body;
+
 use support::eventually;
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -308,29 +309,6 @@ async fn warm_up(fake: &FakeGitLab, proxy: &TestProxy, api: Api) -> HashMap<Stri
         );
     }
     cached
-}
-
-/// Names and contents of a zip's entries: GitLab builds zips anew on every request, so two
-/// zips of one version are compared by what they hold.
-fn zip_entries(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
-    let mut entries = Vec::new();
-    for i in 0..archive.len() {
-        let mut file = archive.by_index(i).ok()?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).ok()?;
-        entries.push((file.name().to_owned(), data));
-    }
-    entries.sort();
-    Some(entries)
-}
-
-fn same_body(a: &[u8], b: &[u8]) -> bool {
-    a == b
-        || matches!(
-            (zip_entries(a), zip_entries(b)),
-            (Some(x), Some(y)) if x == y
-        )
 }
 
 /// A short rendering of a body for failure messages.

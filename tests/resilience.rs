@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::fixtures::noise;
+
 use support::{eventually, stalled_download};
 
 use std::process::Stdio;
@@ -21,18 +23,6 @@ const GO: &str = "/api/v4/projects/2/packages/go/gitlab.example.com/group/secret
 const PUBLIC_GO: &str = "/api/v4/projects/1/packages/go/gitlab.example.com/group/proj";
 const ALICE: &str = "glpat-alice";
 const BOB: &str = "glpat-bob";
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn files(module: &str, payload: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
     vec![

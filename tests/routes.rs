@@ -4,9 +4,10 @@
 
 mod support;
 
+use support::fixtures::same_body;
+
 use support::eventually;
 
-use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -135,28 +136,6 @@ async fn send(
 
 async fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     send(base, "GET", path, headers, None).await
-}
-
-fn zip_entries(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
-    let mut entries = Vec::new();
-    for i in 0..archive.len() {
-        let mut file = archive.by_index(i).ok()?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).ok()?;
-        entries.push((file.name().to_owned(), data));
-    }
-    entries.sort();
-    Some(entries)
-}
-
-/// GitLab builds each zip anew, so zips are equal when their entries are.
-fn same_body(a: &[u8], b: &[u8]) -> bool {
-    a == b
-        || matches!(
-            (zip_entries(a), zip_entries(b)),
-            (Some(x), Some(y)) if x == y
-        )
 }
 
 /// Whether the proxy has stored the answer to `path`, or never stores it (memory-tier and

@@ -282,3 +282,41 @@ impl TestCa {
         files
     }
 }
+
+/// Seeded pseudo-random bytes (splitmix64): incompressible, so a zip or gem of them is as
+/// large as they are, and the same for the same seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Names and contents of a zip's entries, sorted; `None` if the bytes are not a zip.
+/// GitLab builds zips anew on every request, so two zips of one version are compared by
+/// what they hold.
+pub fn zip_entries(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
+    let mut entries = Vec::new();
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).ok()?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).ok()?;
+        entries.push((file.name().to_owned(), data));
+    }
+    entries.sort();
+    Some(entries)
+}
+
+/// Equal bytes, or zips with equal entries.
+pub fn same_body(a: &[u8], b: &[u8]) -> bool {
+    a == b || matches!((zip_entries(a), zip_entries(b)), (Some(x), Some(y)) if x == y)
+}
