@@ -96,6 +96,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     }
     drop(listener);
     let grace = state.config.server.shutdown_grace;
+    let stopping = tokio::time::Instant::now();
     tracing::info!(
         ?grace,
         "shutting down: no new connections, draining requests in flight"
@@ -106,9 +107,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
-    // Fills still running were cut with their connections: stop them before they commit
-    // anything, so a stopped proxy leaves exactly what it had finished.
-    state.fills.abort_all();
+    // Fills may outlive their callers' connections; what is left of the grace lets them
+    // commit, and the rest is stopped before it can make anything visible.
+    state
+        .fills
+        .drain(grace.saturating_sub(stopping.elapsed()))
+        .await;
     maintenance.abort();
     let _ = maintenance.await;
     if let Err(e) = state.fills.store().flush().await {

@@ -101,6 +101,11 @@ async fn artifacts_survive_a_restart_without_gitlab() {
     let private_zip = format!("{PRIVATE_GO}/v1.0.0.zip");
     let private = get(&proxy, &private_zip, &[("private-token", READER)]).await;
     assert_eq!(private.status, 200);
+    let store = proxy.state.fills.store().clone();
+    for key in paths.iter().chain([&private_zip]) {
+        eventually("every fill is committed", || is_stored(&store, key)).await;
+    }
+    drop(store);
 
     // Everything the proxy took from GitLab is on disk: a restart loses none of it, nor
     // GitLab's acceptance of these callers.

@@ -125,12 +125,22 @@ impl Fills {
         tasks.spawn(task);
     }
 
-    /// Stops every fill in flight (at shutdown): nothing they were writing becomes visible.
-    pub fn abort_all(&self) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .abort_all();
+    /// At shutdown: lets fills in flight finish for up to `within`, then stops the rest,
+    /// whose artifacts never become visible.
+    pub async fn drain(&self, within: std::time::Duration) {
+        let mut tasks =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let finished =
+            tokio::time::timeout(within, async { while tasks.join_next().await.is_some() {} })
+                .await;
+        if finished.is_err() {
+            tracing::warn!(
+                fills = tasks.len(),
+                "fills cut by shutdown; nothing of them is kept"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
