@@ -94,6 +94,11 @@ pub async fn handle(
         outcome,
         upstream,
         started,
+        expected: parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     };
     Response::from_parts(parts, body::boxed(LoggedBody::new(body, log)))
 }

@@ -40,6 +40,9 @@ pub struct AccessLog {
     pub outcome: CacheOutcome,
     pub upstream: Option<Duration>,
     pub started: Instant,
+    /// The response's `Content-Length`: hyper stops polling a body once that many bytes are
+    /// out, so reaching it is what "complete" means for such bodies.
+    pub expected: Option<u64>,
 }
 
 pin_project_lite::pin_project! {
@@ -58,7 +61,8 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(log) = this.log.take() {
-                emit(&log, *this.bytes, *this.complete);
+                let complete = *this.complete || log.expected == Some(*this.bytes);
+                emit(&log, *this.bytes, complete);
             }
         }
     }
