@@ -268,7 +268,7 @@ end
 EOF
 
 RESULTS=$WORK/wrk.tsv
-printf 'scenario\tconnections\ttarget\tround\trequests\tbytes\tduration_us\terrors\tp50_us\tp99_us\tserver_cpu_ticks\n' >"$RESULTS"
+printf 'scenario\tconnections\ttarget\tround\trequests\tbytes\tduration_us\terrors\tp50_us\tp99_us\tserver_cpu_ticks\twrk_cpu_ticks\tforeign_cpu_ticks\tsteal_ticks\n' >"$RESULTS"
 
 # User plus system CPU time of processes, in clock ticks.
 cpu_ticks() {
@@ -280,23 +280,54 @@ cpu_ticks() {
     echo "$total"
 }
 CLK_TCK=$(getconf CLK_TCK)
+# CPU ticks all processes of the machine spent (user, nice, system), and ticks the
+# hypervisor gave to someone else (steal).
+machine_ticks() { awk '/^cpu /{print $2 + $3 + $4; exit}' /proc/stat; }
+steal_ticks() { awk '/^cpu /{print $9; exit}' /proc/stat; }
+# Sets CHILD_TICKS to the CPU ticks of this script's finished children (wrk, curl), from
+# the `times` builtin; call it directly, not in $(...), where `times` sees a subshell.
+children_ticks() {
+    times >"$WORK/times"
+    CHILD_TICKS=$(awk -v tck="$CLK_TCK" 'NR == 2 {
+        n = split($1 " " $2, parts, " "); total = 0
+        for (i = 1; i <= n; i++) { split(parts[i], ms, /[ms]/); total += ms[1] * 60 + ms[2] }
+        printf "%d", total * tck
+    }' "$WORK/times")
+}
 
 run_wrk() {
-    local target=$1 base=$2 name=$3 conns=$4 round=$5 out line pids before
+    local target=$1 base=$2 name=$3 conns=$4 round=$5 out line pids
     if [[ $target == proxy ]]; then pids=("$PROXY_PID"); else mapfile -t pids < <(nginx_pids); fi
-    before=$(cpu_ticks "${pids[@]}")
+    local machine0 ours0 server0 fake0 steal0
+    machine0=$(machine_ticks)
+    steal0=$(steal_ticks)
+    server0=$(cpu_ticks "${pids[@]}")
+    fake0=$(cpu_ticks "$FAKE_PID")
+    children_ticks
+    ours0=$CHILD_TICKS
     out=$(wrk -t "$THREADS" -c "$conns" -d "$DURATION" --timeout 30s --latency \
         -s "$WORK/report.lua" -H "$AUTH" "$base${PATHS[$name]}")
+    local server=$(($(cpu_ticks "${pids[@]}") - server0))
+    children_ticks
+    local client=$((CHILD_TICKS - ours0))
+    local fake=$(($(cpu_ticks "$FAKE_PID") - fake0))
+    # What other processes (other users of the shared cores) used meanwhile.
+    local foreign=$(($(machine_ticks) - machine0 - server - client - fake))
+    ((foreign < 0)) && foreign=0
+    local steal=$(($(steal_ticks) - steal0))
     echo "$out" >>"$WORK/wrk.log"
     line=$(grep '^RESULT ' <<<"$out") || die "no wrk result for $target $name"
     read -r _ requests bytes duration connect read write status timeout p50 p99 <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$conns" "$target" "$round" \
-        "$requests" "$bytes" "$duration" $((connect + read + write + status + timeout)) \
-        "$p50" "$p99" $(($(cpu_ticks "${pids[@]}") - before)) >>"$RESULTS"
-    printf '    %-6s %-9s c=%-4s round %s: %8.0f req/s  p99 %s ms  errors %s\n' "$target" "$name" \
-        "$conns" "$round" "$(awk -v r="$requests" -v d="$duration" 'BEGIN{print r/d*1e6}')" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$conns" "$target" \
+        "$round" "$requests" "$bytes" "$duration" $((connect + read + write + status + timeout)) \
+        "$p50" "$p99" "$server" "$client" "$foreign" "$steal" >>"$RESULTS"
+    printf '    %-6s %-9s c=%-4s round %s: %8.0f req/s  p99 %s ms  errors %s  others %s%% steal %s%% CPU\n' \
+        "$target" "$name" "$conns" "$round" \
+        "$(awk -v r="$requests" -v d="$duration" 'BEGIN{print r/d*1e6}')" \
         "$(awk -v p="$p99" 'BEGIN{printf "%.2f", p/1000}')" \
-        $((connect + read + write + status + timeout)) >&2
+        $((connect + read + write + status + timeout)) \
+        "$(awk -v f="$foreign" -v d="$duration" -v t="$CLK_TCK" 'BEGIN{printf "%.0f", f/t/(d/1e6)*100}')" \
+        "$(awk -v f="$steal" -v d="$duration" -v t="$CLK_TCK" 'BEGIN{printf "%.0f", f/t/(d/1e6)*100}')" >&2
 }
 
 log "warm hits: ${SCENARIOS[*]} x connections {$CONNECTIONS}, $DURATION each, $ROUNDS rounds"
@@ -385,8 +416,8 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/machine.log"
 echo
 echo "## Warm hits (wrk -t$THREADS, $DURATION, mean of $ROUNDS interleaved rounds)"
 echo
-echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | proxy p99 ms | nginx p99 ms | p99 ratio | server CPU µs/req (proxy/nginx) | errors (proxy/nginx) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | proxy p99 ms | nginx p99 ms | p99 ratio | server CPU µs/req (proxy/nginx) | other processes' CPU % (proxy/nginx runs) | steal % (proxy/nginx runs) | errors (proxy/nginx) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 awk -F'\t' -v tck="$CLK_TCK" '
     NR == 1 { next }
     {
@@ -398,6 +429,8 @@ awk -F'\t' -v tck="$CLK_TCK" '
         p99[k, t] += $10 / 1000
         err[k, t] += $8
         cpu[k, t] += $11 / tck * 1e6 / ($5 > 0 ? $5 : 1)
+        foreign[k, t] += $13 / tck / ($7 / 1e6) * 100
+        steal[k, t] += $14 / tck / ($7 / 1e6) * 100
         runs[k, t]++
     }
     END {
@@ -407,8 +440,10 @@ awk -F'\t' -v tck="$CLK_TCK" '
             pm = mibs[k, "proxy"] / runs[k, "proxy"]; nm = mibs[k, "nginx"] / runs[k, "nginx"]
             pp = p99[k, "proxy"] / runs[k, "proxy"]; np = p99[k, "nginx"] / runs[k, "nginx"]
             pc = cpu[k, "proxy"] / runs[k, "proxy"]; nc = cpu[k, "nginx"] / runs[k, "nginx"]
-            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f/%.0f | %d/%d |\n",
-                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pp, np, pp / np, pc, nc,
+            pf = foreign[k, "proxy"] / runs[k, "proxy"]; nf = foreign[k, "nginx"] / runs[k, "nginx"]
+            ps = steal[k, "proxy"] / runs[k, "proxy"]; ns = steal[k, "nginx"] / runs[k, "nginx"]
+            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f/%.0f | %.0f/%.0f | %.0f/%.0f | %d/%d |\n",
+                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pp, np, pp / np, pc, nc, pf, nf, ps, ns,
                 err[k, "proxy"], err[k, "nginx"]
         }
     }' "$RESULTS"
