@@ -170,6 +170,8 @@ async fn known_callers_keep_building_while_gitlab_is_down() {
     })
     .await;
 
+    // Past the 1 ms TTL (ages are counted in whole milliseconds).
+    tokio::time::sleep(Duration::from_millis(5)).await;
     fake.set_down(true);
     let stale = get(&proxy, &list, Some(ALICE)).await;
     assert_eq!(
@@ -214,6 +216,8 @@ async fn a_gitlab_marked_down_is_not_waited_for_and_is_found_again() {
     .await;
     let list = format!("{GO}/@v/list");
     assert_eq!(get(&proxy, &list, Some(ALICE)).await.status, 200);
+    // Past the 1 ms TTL (ages are counted in whole milliseconds).
+    tokio::time::sleep(Duration::from_millis(5)).await;
     fake.set_fault(&list, Fault::Hang);
     for _ in 0..2 {
         // Each waits for the response timeout, then gets the stale list.

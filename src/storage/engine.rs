@@ -62,7 +62,8 @@ pub trait Backend: Send + Sync + 'static {
     /// True if the key existed.
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<bool, StoreError>;
     /// Visits entries whose key starts with `prefix`, in key order; `visit` must not call back
-    /// into the backend.
+    /// into the backend. For `Tree::Chunks` a backend may visit keys with empty values: chunk
+    /// scans only look for keys.
     fn scan(
         &self,
         tree: Tree,

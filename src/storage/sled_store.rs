@@ -1,4 +1,10 @@
-//! `SledStore`: the store's logic over sled trees on disk.
+//! `SledStore`: the store's logic over sled trees on disk, with chunk payloads in files.
+//!
+//! sled 0.34 keeps the values it holds in memory (its cache bound does not page leaf values
+//! out: writing 600 MiB of chunks grew the process by 600 MiB), so the chunk bytes live in
+//! one file per chunk under `<store>/chunks/<fill>/<index>`, each in the same framed, checked
+//! format the engine reads. sled keeps everything small: artifact records, the fills
+//! registry, use times and records.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +25,8 @@ impl SledStore {
             .path(path)
             .cache_capacity(cache_capacity_bytes)
             .open()?;
+        let chunks = path.join("chunks");
+        std::fs::create_dir_all(&chunks)?;
         let open = |tree: Tree| db.open_tree(tree.name());
         let trees = [
             open(Tree::Artifacts)?,
@@ -31,6 +39,7 @@ impl SledStore {
             db,
             trees,
             path: path.to_owned(),
+            chunks,
         })
     }
 }
@@ -40,12 +49,65 @@ pub struct SledBackend {
     /// Indexed by `Tree as usize`, in `Tree::ALL` order.
     trees: [sled::Tree; Tree::ALL.len()],
     path: PathBuf,
+    /// Directory of chunk files (the `Chunks` tree).
+    chunks: PathBuf,
 }
 
 impl SledBackend {
     fn tree(&self, tree: Tree) -> &sled::Tree {
         &self.trees[tree as usize]
     }
+
+    /// `<chunks>/<fill as 16 hex>/<index as 8 hex>` for a 12-byte chunk key.
+    fn chunk_path(&self, key: &[u8]) -> Result<PathBuf, StoreError> {
+        let (fill, index) = split_chunk_key(key)?;
+        Ok(self.chunks.join(fill).join(index))
+    }
+
+    /// Every chunk file whose key starts with `prefix`, as (key, path), in key order.
+    fn chunk_files(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, PathBuf)>, StoreError> {
+        let mut found = Vec::new();
+        let fills = match std::fs::read_dir(&self.chunks) {
+            Ok(fills) => fills,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(e.into()),
+        };
+        for fill in fills {
+            let fill = fill?;
+            let Some(fill_key) = hex_name(&fill.file_name(), 8) else {
+                continue;
+            };
+            let shared = prefix.len().min(8);
+            if fill_key[..shared] != prefix[..shared] {
+                continue;
+            }
+            for chunk in std::fs::read_dir(fill.path())? {
+                let chunk = chunk?;
+                let Some(index) = hex_name(&chunk.file_name(), 4) else {
+                    continue;
+                };
+                let key = [fill_key.as_slice(), index.as_slice()].concat();
+                if key.starts_with(prefix) {
+                    found.push((key, chunk.path()));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+fn split_chunk_key(key: &[u8]) -> Result<(String, String), StoreError> {
+    if key.len() != 12 {
+        return Err(StoreError::Io(format!("chunk key of {} bytes", key.len())));
+    }
+    Ok((hex::encode(&key[..8]), hex::encode(&key[8..])))
+}
+
+/// The bytes a file name spells in hex, if it is exactly `len` bytes' worth.
+fn hex_name(name: &std::ffi::OsStr, len: usize) -> Option<Vec<u8>> {
+    let bytes = hex::decode(name.to_str()?).ok()?;
+    (bytes.len() == len).then_some(bytes)
 }
 
 impl From<sled::Error> for StoreError {
@@ -63,6 +125,13 @@ impl From<sled::Error> for StoreError {
 
 impl Backend for SledBackend {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        if tree == Tree::Chunks {
+            return match std::fs::read(self.chunk_path(key)?) {
+                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
         Ok(self
             .tree(tree)
             .get(key)?
@@ -70,11 +139,32 @@ impl Backend for SledBackend {
     }
 
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        if tree == Tree::Chunks {
+            let path = self.chunk_path(key)?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, value)?;
+            return Ok(());
+        }
         self.tree(tree).insert(key, value)?;
         Ok(())
     }
 
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<bool, StoreError> {
+        if tree == Tree::Chunks {
+            let path = self.chunk_path(key)?;
+            let existed = match std::fs::remove_file(&path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(dir) = path.parent() {
+                // Succeeds only once the fill's last chunk is gone.
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Ok(existed);
+        }
         Ok(self.tree(tree).remove(key)?.is_some())
     }
 
@@ -84,6 +174,14 @@ impl Backend for SledBackend {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]),
     ) -> Result<(), StoreError> {
+        if tree == Tree::Chunks {
+            // Chunk scans are for finding keys (to delete or count): chunk bodies are large
+            // and not read here, so the value visited is empty.
+            for (key, _) in self.chunk_files(prefix)? {
+                visit(&key, &[]);
+            }
+            return Ok(());
+        }
         for entry in self.tree(tree).scan_prefix(prefix) {
             let (key, value) = entry?;
             visit(&key, &value);
@@ -196,13 +294,14 @@ mod tests {
         drop(store);
 
         {
-            let db = sled::open(db_path(&dir)).unwrap();
-            let chunks = db.open_tree(Tree::Chunks.name()).unwrap();
             let key = codec::chunk_key(meta.fill, 1);
-            let mut value = chunks.get(key).unwrap().unwrap().to_vec();
+            let path = db_path(&dir)
+                .join("chunks")
+                .join(hex::encode(&key[..8]))
+                .join(hex::encode(&key[8..]));
+            let mut value = std::fs::read(&path).unwrap();
             value[7] ^= 0x20;
-            chunks.insert(key, value).unwrap();
-            db.flush().unwrap();
+            std::fs::write(&path, value).unwrap();
         }
 
         let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
