@@ -50,21 +50,6 @@ fn runtime() -> Runtime {
         .expect("tokio runtime")
 }
 
-/// Seeded bytes that do not compress (splitmix64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// The headers a client typically sends, with a credential.
 fn request_headers(authorization: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -156,7 +141,7 @@ fn store_read(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let cache = StoreConfig::default().sled_cache_bytes.as_u64();
     let sled = Arc::new(SledStore::open(&dir.path().join("store"), cache).expect("sled store"));
-    let data = noise(MB, 11);
+    let data = support::fixtures::noise(MB, 11);
     let key = "/api/v4/projects/20/packages/rubygems/gems/bench-1mb-1.0.0.gem";
     let fill = sled.begin_fill(key).expect("begin fill");
     for (index, chunk) in data.chunks(CHUNK_SIZE).enumerate() {
@@ -217,7 +202,11 @@ fn proxy_hits(c: &mut Criterion) {
     let (fake, proxy) = runtime.block_on(async {
         let mut builder = FakeGitLab::builder().project(20, "bench/private", Visibility::Private);
         for (index, (name, len)) in sizes.iter().enumerate() {
-            let gem = GemFixture::new(&format!("bench-{name}"), "1.0.0", noise(*len, index as u64));
+            let gem = GemFixture::new(
+                &format!("bench-{name}"),
+                "1.0.0",
+                support::fixtures::noise(*len, index as u64),
+            );
             builder = builder.gem(20, gem);
         }
         let fake = builder

@@ -241,24 +241,12 @@ fn bench_project(builder: FakeGitLabBuilder, host: &str, large_mb: usize) -> Fak
         gems.push(("bench-large", large_mb * MB, 4));
     }
     for (name, len, seed) in gems {
-        builder = builder.gem(BENCH, GemFixture::new(name, "1.0.0", noise(len, seed)));
+        builder = builder.gem(
+            BENCH,
+            GemFixture::new(name, "1.0.0", support::fixtures::noise(len, seed)),
+        );
     }
     builder
-}
-
-/// Seeded pseudo-random bytes (splitmix64): incompressible, the same on every start.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// `(gem, requirement)` pairs.
