@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gitlab_pkg_cache::route::{CacheClass, Endpoint};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use support::client::{self, Response};
 use support::fake_gitlab::{Access, FakeGitLab, GemFixture, TokenKind, TokenState, Visibility};
 use support::proxy::TestProxy;
@@ -749,16 +747,7 @@ async fn post_streamed(
             http::HeaderValue::from_str(value)?,
         );
     }
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    support::client::send(request).await
 }
 
 #[tokio::test]

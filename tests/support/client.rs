@@ -70,7 +70,16 @@ pub async fn try_request(
             HeaderValue::from_str(value)?,
         );
     }
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    send(request).await
+}
+
+/// Sends a request built by the caller (any body, e.g. a streamed one) and reads the answer.
+pub async fn send<B>(request: Request<B>) -> Result<Response, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Error>,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http::<B>();
     let response = client.request(request).await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
