@@ -1,7 +1,8 @@
 //! A stand-in GitLab on a fixed address: the fake from `tests/support`, seeded with demo Go modules and gems, for demos and the load benchmark.
 //!
 //! ```text
-//! cargo run --example fake_gitlab                 # demo on 127.0.0.1:8081
+//! cargo run --example fake_gitlab -- --with-proxy # the demo: stand-in GitLab and the proxy
+//! cargo run --example fake_gitlab                 # stand-in GitLab alone on 127.0.0.1:8081
 //! cargo run --release --example fake_gitlab -- --bench   # plus the load-benchmark artifacts
 //! ```
 //!
@@ -74,6 +75,10 @@ struct Args {
     /// Do not print a line per request.
     #[arg(long)]
     quiet: bool,
+    /// Also run the proxy in this process, listening where `--proxy-url` points, in front of
+    /// this stand-in, with its data in a temporary directory: the one-command demo.
+    #[arg(long)]
+    with_proxy: bool,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +111,17 @@ async fn run(args: Args, demo_gems: Vec<GemFixture>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let proxy = if args.with_proxy {
+        match start_proxy(&args).await {
+            Ok(proxy) => Some(proxy),
+            Err(e) => {
+                eprintln!("fake_gitlab: cannot start the proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     print_instructions(&args, has_gems);
     let relay = Arc::new(Relay {
         fake: Arc::clone(&fake),
@@ -123,7 +139,40 @@ async fn run(args: Args, demo_gems: Vec<GemFixture>) -> ExitCode {
         "fake_gitlab: stopping; {} requests reached GitLab",
         fake.total_hits()
     );
+    if let Some(proxy) = proxy {
+        proxy.stop().await;
+    }
     ExitCode::SUCCESS
+}
+
+/// The proxy in front of this stand-in, on the address of `--proxy-url`, with default
+/// settings and a data directory that goes away when the demo stops.
+async fn start_proxy(args: &Args) -> Result<support::proxy::TestProxy, String> {
+    let authority = args
+        .proxy_url
+        .parse::<Uri>()
+        .ok()
+        .filter(|uri| uri.scheme_str() == Some("http"))
+        .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
+        .ok_or("--proxy-url must be http://HOST:PORT with --with-proxy")?;
+    let listen: SocketAddr = authority
+        .parse()
+        .map_err(|e| format!("--proxy-url {authority}: {e}"))?;
+    let upstream = format!("http://{}", args.listen);
+    if std::net::TcpListener::bind(listen).is_err() {
+        return Err(format!(
+            "{listen} is in use (choose another with --proxy-url)"
+        ));
+    }
+    Ok(support::proxy::TestProxy::start_with(&upstream, |config| {
+        config.listen = listen;
+        // The demo runs with the defaults a user gets, not the tests' short timeouts.
+        config.upstream = gitlab_pkg_cache::config::UpstreamConfig {
+            url: config.upstream.url.clone(),
+            ..Default::default()
+        };
+    })
+    .await)
 }
 
 /// The demo data: two Go projects (one in a subgroup), a gem project, the demo token, and
@@ -303,8 +352,7 @@ fn print_instructions(args: &Args, has_gems: bool) {
         "Fake GitLab listening on http://{listen} (Go module host {host})\n\
          Demo token (personal, scope api, Developer in every project): {token}\n\
          \n\
-         Put the proxy in front of it:\n\
-         \x20 gitlab-pkg-cache --upstream http://{listen} --listen {proxy_authority}\n\
+         {proxy_line}\n\
          \n\
          Go: {host}/demo/hello (project {HELLO}, public: v1.0.0, v1.1.0) and\n\
          \x20   {host}/demo/tools/greet (project {GREET}, public, in a subgroup: v0.1.0, needs hello)\n\
@@ -313,7 +361,14 @@ fn print_instructions(args: &Args, has_gems: bool) {
          \x20 cd \"$(mktemp -d)\" && go mod init example.com/try && go get {host}/demo/tools/greet@v0.1.0\n\
          \x20 (Go sends credentials only over HTTPS: for private projects serve the proxy with\n\
          \x20  --tls-cert/--tls-key and put `machine {proxy_host} login demo password {token}` in ~/.netrc)",
-        proxy_authority = proxy.split("://").nth(1).unwrap_or(proxy),
+        proxy_line = if args.with_proxy {
+            format!("The proxy runs in front of it on {proxy} (data in a temporary directory).")
+        } else {
+            format!(
+                "Put the proxy in front of it:\n  gitlab-pkg-cache --upstream http://{listen} --listen {}",
+                proxy.split("://").nth(1).unwrap_or(proxy)
+            )
+        },
         go_hello = go(HELLO),
         go_greet = go(GREET),
     );

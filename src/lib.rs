@@ -12,7 +12,8 @@
 //! - [`telemetry`]: log set-up and the access-log event.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`state`]: everything built once at start-up.
-//! - [`service`]: the request flow and `x-cache`.
+//! - [`service`]: the request flow and `x-cache`; a dispatcher over one file per class of
+//!   route (metadata, artifacts, uploads, pass-through) plus the authorization gate.
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
 //! - [`auth`]: credential fingerprints and GitLab's remembered decisions.
 //! - [`cache`]: the memory tier, single-flight fills and cache outcomes.

@@ -1,0 +1,251 @@
+//! Immutable artifacts: served from the store, or fetched once by a single-flight fill
+//! whose bytes every waiting caller follows.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use super::authorize::{authorize, Authorized};
+use super::metadata::{keep_answer, remembered_not_found};
+use super::relay::{fetch, get, relay, relay_route, Fetched};
+use super::Handled;
+use crate::auth::DecisionKey;
+use crate::body::{self, Body};
+use crate::cache::fill::{Joined, Leader, NotStarted, Progress, Reader};
+use crate::cache::memory::keep_header;
+use crate::cache::CacheOutcome;
+use crate::error::Error;
+use crate::route::PackageRoute;
+use crate::state::AppState;
+use crate::upstream::forward_headers;
+
+/// Immutable artifacts: the store, or one single-flight fill from GitLab.
+pub(super) async fn artifact(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let head = request.method() == Method::HEAD;
+    let headers = forward_headers(request.headers(), client, true);
+    let key = route.content_key();
+    let store = state.fills.store();
+    match store.lookup_pinned(&key).await {
+        Ok(Some((meta, pin))) => {
+            let took = match authorize(state, route, decision, &headers, head).await? {
+                Authorized::Yes(took) => took,
+                Authorized::No(refusal) => return Ok(refusal),
+            };
+            store.touch(&key);
+            if head {
+                return Ok(artifact_response(
+                    &meta.headers,
+                    Some(meta.len),
+                    body::empty(),
+                    CacheOutcome::Hit,
+                    took,
+                ));
+            }
+            let mut reader = Reader::committed(&state.fills, key.clone(), &meta, pin);
+            // The first chunk is read before answering, so a damaged artifact found here is
+            // refetched instead of failing the request.
+            match reader.next_chunk().await {
+                Ok(first) => {
+                    let body = reader.into_body(first);
+                    return Ok(artifact_response(
+                        &meta.headers,
+                        Some(meta.len),
+                        body,
+                        CacheOutcome::Hit,
+                        took,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "artifact store lookup failed; fetching from GitLab")
+        }
+    }
+    if let Some(not_found) = remembered_not_found(
+        state,
+        decision,
+        &key,
+        state.config.cache.negative_ttl,
+        head,
+        CacheOutcome::Hit,
+    )
+    .await
+    {
+        return Ok(not_found);
+    }
+    if head {
+        return relay_route(state, route, Some(decision), request, client).await;
+    }
+    // A fill that never starts or breaks for its leader is retried once with this caller
+    // leading; after that the caller is served straight from GitLab.
+    for _ in 0..2 {
+        match state.fills.join(&key) {
+            Joined::Leader(leader) => {
+                return lead(state, route, decision, headers, key, leader).await
+            }
+            Joined::Waiter(progress) => {
+                if let Some(handled) =
+                    wait(state, route, decision, &headers, &key, progress).await?
+                {
+                    return Ok(handled);
+                }
+            }
+        }
+    }
+    relay_route(state, route, Some(decision), request, client).await
+}
+
+/// Fetches an artifact for everyone: this caller's response streams from GitLab while the
+/// fill stores it.
+pub(super) async fn lead(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: http::HeaderMap,
+    key: String,
+    leader: Leader,
+) -> Result<Handled, Error> {
+    let (response, took) = match fetch(state, get(route.path_and_query(), headers, true)).await? {
+        Fetched::Answer(response, took) => (response, took),
+        Fetched::Failed(error) => {
+            if let Some(not_found) = remembered_not_found(
+                state,
+                decision,
+                &key,
+                state.config.cache.offline_grace,
+                false,
+                CacheOutcome::Stale,
+            )
+            .await
+            {
+                return Ok(not_found);
+            }
+            return Err(error);
+        }
+    };
+    if response.status() != StatusCode::OK {
+        // Dropping the leader tells waiters to ask GitLab themselves: this answer was for
+        // this caller's credentials only.
+        drop(leader);
+        return keep_answer(state, decision, key, response, false, took).await;
+    }
+    state.gate.accept(decision.clone()).await;
+    let (parts, incoming) = response.into_parts();
+    let kept: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| keep_header(name))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match leader.start(kept.clone(), length, incoming).await {
+        Ok(body) => Ok(artifact_response(
+            &kept,
+            length,
+            body,
+            CacheOutcome::Miss,
+            Some(took),
+        )),
+        Err(NotStarted { error, body }) => {
+            tracing::warn!(route = route.name(), error = %error, "artifact store unusable; serving uncached");
+            let response = Response::from_parts(parts, body);
+            Ok(Handled::new(
+                relay(response, false),
+                CacheOutcome::Bypass,
+                Some(took),
+            ))
+        }
+    }
+}
+
+/// Follows another caller's fill once GitLab has answered it, after this caller's own
+/// authorization. `None`: the fill did not happen, fetch another way.
+pub(super) async fn wait(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: &http::HeaderMap,
+    key: &str,
+    mut progress: watch::Receiver<Progress>,
+) -> Result<Option<Handled>, Error> {
+    // Waiting for the leader's answer first lets a caller with the same credentials be
+    // authorized by it instead of by a probe of its own.
+    let waiting = state.fills.waiting_guard();
+    let state_now = loop {
+        let now = progress.borrow_and_update().clone();
+        if !matches!(now, Progress::Starting) {
+            break now;
+        }
+        if progress.changed().await.is_err() {
+            break progress.borrow().clone();
+        }
+    };
+    drop(waiting);
+    let (fill, length, stored_headers) = match &state_now {
+        Progress::Streaming { head, .. } => (head.fill, head.content_length, head.headers.clone()),
+        Progress::Done { meta } => (meta.fill, Some(meta.len), meta.headers.clone()),
+        Progress::Starting | Progress::Failed | Progress::NotFilled => return Ok(None),
+    };
+    let took = match authorize(state, route, decision, headers, false).await? {
+        Authorized::Yes(took) => took,
+        Authorized::No(refusal) => return Ok(Some(refusal)),
+    };
+    let Some(pin) = state.fills.store().pin(fill) else {
+        return Ok(None);
+    };
+    let reader = match &state_now {
+        Progress::Done { meta } => Reader::committed(&state.fills, key.to_owned(), meta, pin),
+        _ => Reader::following(&state.fills, key.to_owned(), fill, progress, pin),
+    };
+    let body = reader.into_body(None);
+    Ok(Some(artifact_response(
+        &stored_headers,
+        length,
+        body,
+        CacheOutcome::Coalesced,
+        took,
+    )))
+}
+
+pub(super) fn artifact_response(
+    headers: &[(String, String)],
+    length: Option<u64>,
+    body: Body,
+    outcome: CacheOutcome,
+    upstream: Option<Duration>,
+) -> Handled {
+    let mut response = Response::new(body);
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    if let Some(length) = length {
+        map.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Handled::new(response, outcome, upstream)
+}

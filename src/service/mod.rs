@@ -1,0 +1,145 @@
+//! The request flow: Endpoint → dispatch by cache class → response with `x-cache`, and one
+//! access-log event per request. Each class of route has a file of its own.
+
+mod artifact;
+mod authorize;
+mod metadata;
+mod operations;
+mod relay;
+mod upload;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::auth::{Caller, DecisionKey};
+use crate::body::{self, Body};
+use crate::cache::CacheOutcome;
+use crate::error::Error;
+use crate::route::{CacheClass, Endpoint, PackageRoute};
+use crate::state::AppState;
+use crate::telemetry::{AccessLog, LoggedBody};
+
+/// A response and how it came to be.
+pub struct Handled {
+    pub response: Response<Body>,
+    pub outcome: CacheOutcome,
+    /// Time GitLab took to answer with headers, when GitLab was asked.
+    pub upstream: Option<Duration>,
+}
+
+impl Handled {
+    pub(super) fn new(
+        response: Response<Body>,
+        outcome: CacheOutcome,
+        upstream: Option<Duration>,
+    ) -> Handled {
+        Handled {
+            response,
+            outcome,
+            upstream,
+        }
+    }
+}
+
+/// Serves one request. Never fails: every error becomes its response here.
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let endpoint = Endpoint::parse(&method, request.uri());
+    let (route_name, path) = match &endpoint {
+        Ok(Endpoint::Package(route)) => (route.name(), route.path().to_owned()),
+        Ok(Endpoint::Health) => ("healthz", request.uri().path().to_owned()),
+        Ok(Endpoint::Ready) => ("readyz", request.uri().path().to_owned()),
+        Ok(Endpoint::Metrics) => ("metrics", request.uri().path().to_owned()),
+        // The path of an unrouted request is not logged in full: it may be anything.
+        Err(_) => ("unrouted", truncate(request.uri().path(), 256)),
+    };
+    let result = match endpoint {
+        Ok(Endpoint::Package(route)) => package(&state, route, request, peer.ip()).await,
+        Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n".to_owned())),
+        Ok(Endpoint::Ready) => Ok(operations::ready(&state).await),
+        Ok(Endpoint::Metrics) => Ok(operations::metrics(&state)),
+        Err(e) => Err(Error::Route(e)),
+    };
+    let handled = result.unwrap_or_else(|e| {
+        let outcome = match e {
+            Error::Route(_) | Error::PayloadTooLarge | Error::Unconfirmed(_) => CacheOutcome::Local,
+            _ => CacheOutcome::Miss,
+        };
+        if e.status().is_server_error() {
+            tracing::warn!(route = route_name, %path, error = %e, "request failed");
+        }
+        Handled::new(e.to_response(), outcome, None)
+    });
+    let Handled {
+        response,
+        outcome,
+        upstream,
+    } = handled;
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    let log = AccessLog {
+        metrics: state.metrics.clone(),
+        method,
+        route: route_name,
+        path,
+        status: parts.status.as_u16(),
+        outcome,
+        upstream,
+        started,
+        expected: parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+    };
+    Response::from_parts(parts, body::boxed(LoggedBody::new(body, log)))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+pub(super) fn plain(status: StatusCode, text: String) -> Handled {
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Handled::new(response, CacheOutcome::Local, None)
+}
+
+async fn package(
+    state: &Arc<AppState>,
+    route: PackageRoute,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Handled, Error> {
+    let caller = Caller::from_request(&state.key, request.headers(), request.uri().query());
+    let decision = DecisionKey {
+        caller: caller.fingerprint,
+        project: Arc::from(route.project.as_raw()),
+        api: route.api(),
+    };
+    match route.cache_class() {
+        CacheClass::Metadata => metadata::metadata(state, &route, &decision, request, client).await,
+        CacheClass::Artifact => artifact::artifact(state, &route, &decision, request, client).await,
+        CacheClass::PassThrough => relay::relay_route(state, &route, None, request, client).await,
+        CacheClass::Upload => upload::upload(state, &route, request, client).await,
+    }
+}

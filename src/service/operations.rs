@@ -1,0 +1,49 @@
+//! Health, readiness and metrics endpoints of the proxy itself.
+
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+
+use super::{plain, Handled};
+use crate::metrics::Snapshot;
+use crate::state::AppState;
+
+/// `/-/readyz`: ready when the store answers; GitLab being down is reported, not fatal,
+/// since serving from cache during an outage is part of the job.
+pub(super) async fn ready(state: &AppState) -> Handled {
+    let store = state.fills.store();
+    let probe = store.put_record("health", b"readyz", b"1").await;
+    let gitlab = if state.upstream.is_up() {
+        "up"
+    } else {
+        "degraded (marked down)"
+    };
+    match probe {
+        Ok(()) => plain(
+            StatusCode::OK,
+            format!("ready\nstore: ok\ngitlab: {gitlab}\n"),
+        ),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\nstore: {e}\ngitlab: {gitlab}\n"),
+        ),
+    }
+}
+
+/// `/-/pkg-cache/metrics`: Prometheus text exposition.
+pub(super) fn metrics(state: &AppState) -> Handled {
+    let usage = state.fills.store().usage();
+    let text = state.metrics.encode(Snapshot {
+        fills_in_flight: state.fills.in_flight() as u64,
+        fill_waiters: state.fills.waiting() as u64,
+        store_bytes: usage.bytes,
+        store_artifacts: usage.artifacts,
+        memory_bytes: state.memory.weighted_size(),
+        upstream_up: state.upstream.is_up(),
+    });
+    let mut handled = plain(StatusCode::OK, text);
+    handled.response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    handled
+}
