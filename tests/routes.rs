@@ -556,6 +556,11 @@ async fn cached_metadata_is_asked_for_again_after_the_ttl() {
         );
         eventually("GitLab is asked again", || fake.hits(path) == 2).await;
     }
+    // GitLab counts the request before the refresh has read and kept the answer.
+    eventually("the background refreshes are kept", || {
+        proxy.state.refreshing.lock().is_ok_and(|r| r.is_empty())
+    })
+    .await;
     for path in &paths {
         // The refreshed answer is fresh again: nobody asks GitLab for it.
         let r = get(&proxy.url(), path, &[]).await;
