@@ -15,8 +15,11 @@
 //! - [`service`]: the request flow and `x-cache`; a dispatcher over one file per class of
 //!   route (metadata, artifacts, uploads, pass-through) plus the authorization gate.
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
-//! - [`auth`]: credential fingerprints and GitLab's remembered decisions.
+//! - [`auth`]: credential fingerprints and GitLab's remembered decisions; [`credentials`]
+//!   moves client credentials to where GitLab reads them.
 //! - [`cache`]: the memory tier, single-flight fills and cache outcomes.
+//! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
+//!   indexes) from the gems' own metadata.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait.
 //! - [`upstream`]: the pooled client towards GitLab.
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
@@ -27,7 +30,9 @@ pub mod body;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod error;
+pub mod gems;
 pub mod metrics;
 pub mod protocol;
 pub mod route;

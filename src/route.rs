@@ -9,7 +9,9 @@ use std::fmt;
 use http::Method;
 
 use crate::protocol::goproxy::{GoRequest, ModulePath};
-use crate::protocol::rubygems::{GemFileName, GemList, GemName, GemRequest, SpecIndex};
+use crate::protocol::rubygems::{
+    CompactFile, GemFileName, GemList, GemName, GemRequest, SpecIndex,
+};
 use crate::protocol::{decode_component, NameError};
 
 const PROJECTS: &str = "/api/v4/projects/";
@@ -92,6 +94,8 @@ pub enum CacheClass {
     Artifact,
     /// Passed through uncached.
     PassThrough,
+    /// Written by the proxy from the project's gems (compact index, the source root).
+    Synthesized,
     /// A request with a body, streamed to GitLab.
     Upload,
 }
@@ -150,11 +154,20 @@ impl Endpoint {
         let rest = path.strip_prefix(PROJECTS).ok_or(RouteError::NotFound)?;
         let (project, rest) = rest.split_once('/').ok_or(RouteError::NotFound)?;
         let rest = rest.strip_prefix("packages/").ok_or(RouteError::NotFound)?;
+        let mut path = path.to_owned();
         let request = if let Some(go) = rest.strip_prefix("go/") {
             if !read {
                 return Err(RouteError::NotFound);
             }
-            parse_go(go)?
+            let (request, file) = parse_go(go)?;
+            // The go command percent-encodes the `!` of case-encoded versions (`%21`), which
+            // GitLab's version pattern does not match: forward (and key) the `!` form.
+            if let Some(file) = file {
+                let keep = path.len() - file.raw_len;
+                path.truncate(keep);
+                path.push_str(&file.canonical);
+            }
+            request
         } else if let Some(gems) = rest.strip_prefix("rubygems/") {
             PackageRequest::Gem(parse_gem(method, gems, uri.query())?)
         } else {
@@ -165,26 +178,54 @@ impl Endpoint {
         Ok(Endpoint::Package(PackageRoute {
             project,
             request,
-            path: path.to_owned(),
+            path,
             query: uri.query().map(str::to_owned),
         }))
     }
 }
 
-fn parse_go(rest: &str) -> Result<PackageRequest, RouteError> {
+/// The `@v/` file segment of a Go route when it arrived percent-encoded.
+struct EncodedGoFile {
+    /// Length of the segment as received.
+    raw_len: usize,
+    /// The decoded segment, which GitLab's route pattern matches.
+    canonical: String,
+}
+
+fn parse_go(rest: &str) -> Result<(PackageRequest, Option<EncodedGoFile>), RouteError> {
     let (module, file) = rest.rsplit_once("/@v/").ok_or(RouteError::NotFound)?;
     if file.contains('/') {
         return Err(RouteError::NotFound);
     }
-    let request = GoRequest::parse(file).ok_or(RouteError::NotFound)?;
+    let (request, encoded) = if file.contains('%') {
+        // Whatever decodes to a valid version file is that file; anything else is not routed.
+        let decoded = decode_component(file, "version").map_err(|_| RouteError::NotFound)?;
+        let request = GoRequest::parse(&decoded).ok_or(RouteError::NotFound)?;
+        let encoded = EncodedGoFile {
+            raw_len: file.len(),
+            canonical: decoded,
+        };
+        (request, Some(encoded))
+    } else {
+        (GoRequest::parse(file).ok_or(RouteError::NotFound)?, None)
+    };
     let module = ModulePath::parse(module)?;
-    Ok(PackageRequest::Go { module, request })
+    Ok((PackageRequest::Go { module, request }, encoded))
 }
 
 fn parse_gem(method: &Method, rest: &str, query: Option<&str>) -> Result<GemRequest, RouteError> {
     let read = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
     let request = match rest.split_once('/') {
+        None if read && rest.is_empty() => GemRequest::Root,
+        None if read && rest == "versions" => GemRequest::CompactIndex(CompactFile::Versions),
+        None if read && rest == "names" => GemRequest::CompactIndex(CompactFile::Names),
+        Some(("info", name)) if read => {
+            let name = decode_component(name, "gem name")?;
+            GemRequest::CompactIndex(CompactFile::Info(
+                GemName::parse(&name).map_err(|_| RouteError::NotFound)?,
+            ))
+        }
         None if read && !rest.is_empty() => match SpecIndex::parse(rest) {
             Some(index) => GemRequest::SpecIndex(index),
             // GitLab's `:file_name` route takes any single segment; it decides 400 or 404.
@@ -247,6 +288,7 @@ impl PackageRoute {
                 GemRequest::SpecIndex(_) | GemRequest::Dependencies(_) => CacheClass::Metadata,
                 GemRequest::Gemspec(_) | GemRequest::Gem(_) => CacheClass::Artifact,
                 GemRequest::RootFile => CacheClass::PassThrough,
+                GemRequest::Root | GemRequest::CompactIndex(_) => CacheClass::Synthesized,
                 GemRequest::Upload | GemRequest::UploadAuthorize => CacheClass::Upload,
             },
         }
@@ -410,12 +452,26 @@ mod tests {
             (
                 "GET",
                 "/versions",
-                "gem_root_file",
-                Some(CacheClass::PassThrough),
+                "gem_versions",
+                Some(CacheClass::Synthesized),
+            ),
+            (
+                "HEAD",
+                "/versions",
+                "gem_versions",
+                Some(CacheClass::Synthesized),
+            ),
+            ("GET", "/names", "gem_names", Some(CacheClass::Synthesized)),
+            ("HEAD", "/", "gem_root", Some(CacheClass::Synthesized)),
+            (
+                "GET",
+                "/info/rack",
+                "gem_info",
+                Some(CacheClass::Synthesized),
             ),
             (
                 "GET",
-                "/names",
+                "/other",
                 "gem_root_file",
                 Some(CacheClass::PassThrough),
             ),
@@ -461,8 +517,9 @@ mod tests {
                 "gem_upload_authorize",
                 Some(CacheClass::Upload),
             ),
-            ("GET", "/", "", None),
-            ("GET", "/info/rack", "", None),
+            ("POST", "/", "", None),
+            ("GET", "/info/rack/x", "", None),
+            ("GET", "/info/", "", None),
             ("GET", "/api/v1/dependencies.json", "", None),
             ("GET", "/api/v1/gems/rack.json", "", None),
             ("GET", "/quick/Marshal.4.8/rack.txt", "", None),
@@ -560,6 +617,32 @@ mod tests {
     }
 
     #[test]
+    fn percent_encoded_go_versions_take_the_form_gitlab_routes() {
+        let encoded = route("GET", &format!("{GO}/@v/v1.0.1-%21r%21c.1.zip?x=1"));
+        let plain = route("GET", &format!("{GO}/@v/v1.0.1-!r!c.1.zip?x=1"));
+        assert_eq!(encoded.path_and_query(), format!("{GO}/@v/v1.0.1-!r!c.1.zip?x=1"));
+        assert_eq!(encoded.content_key(), plain.content_key());
+        assert_eq!(encoded.request, plain.request);
+        assert_eq!(
+            encoded.probe_path_and_query(),
+            format!("{GO}/@v/v1.0.1-!r!c.1.info?x=1")
+        );
+        // The module part is GitLab's to decode; it stays as sent.
+        let module = route("GET", "/api/v4/projects/1/packages/go/h/%21mixed/@v/v0.1.0-%21x.info");
+        assert_eq!(
+            module.path(),
+            "/api/v4/projects/1/packages/go/h/%21mixed/@v/v0.1.0-!x.info"
+        );
+        for bad in ["/@v/v1.0.0-%21X.info", "/@v/v1.0.0%2Finfo", "/@v/%zz.info", "/@v/v1.0.0%2e.info"] {
+            assert_eq!(
+                parse("GET", &format!("{GO}{bad}")),
+                Err(RouteError::NotFound),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn probes() {
         let zip = route("GET", &format!("{GO}/@v/v1.2.3.zip"));
         assert_eq!(zip.probe_path_and_query(), format!("{GO}/@v/v1.2.3.info"));
@@ -591,7 +674,10 @@ mod tests {
             if let Ok(uri) = path.parse::<http::Uri>() {
                 let method = Method::from_bytes(method.as_bytes()).unwrap();
                 if let Ok(Endpoint::Package(r)) = Endpoint::parse(&method, &uri) {
-                    prop_assert_eq!(r.path_and_query(), uri.to_string());
+                    // Only a percent-encoded Go version file is rewritten (to its `!` form).
+                    if !uri.path().contains('%') {
+                        prop_assert_eq!(r.path_and_query(), uri.to_string());
+                    }
                 }
             }
         }

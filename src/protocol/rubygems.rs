@@ -172,13 +172,26 @@ impl fmt::Debug for GemList {
     }
 }
 
+/// A compact index file, which no GitLab serves and the proxy writes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CompactFile {
+    Versions,
+    Names,
+    Info(GemName),
+}
+
 /// What a RubyGems request asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GemRequest {
+    /// The source root (`<src>/`), which RubyGems 3.3–3.5 probe with HEAD to choose the
+    /// compact index.
+    Root,
+    /// `versions`, `names`, `info/<name>`.
+    CompactIndex(CompactFile),
     /// `specs.4.8.gz` and friends.
     SpecIndex(SpecIndex),
-    /// Any other single segment at the API root (`versions`, `names`): GitLab 19.1 answers
-    /// 400 and older versions 404, so it is passed through, uncached.
+    /// Any other single segment at the API root: GitLab 19.1 answers 400 and older
+    /// versions 404, so it is passed through, uncached.
     RootFile,
     /// `quick/Marshal.4.8/<name>-<version>.gemspec.rz`.
     Gemspec(GemFileName),
@@ -195,6 +208,10 @@ pub enum GemRequest {
 impl GemRequest {
     pub fn name(&self) -> &'static str {
         match self {
+            GemRequest::Root => "gem_root",
+            GemRequest::CompactIndex(CompactFile::Versions) => "gem_versions",
+            GemRequest::CompactIndex(CompactFile::Names) => "gem_names",
+            GemRequest::CompactIndex(CompactFile::Info(_)) => "gem_info",
             GemRequest::SpecIndex(_) => "gem_spec_index",
             GemRequest::RootFile => "gem_root_file",
             GemRequest::Gemspec(_) => "gem_gemspec",

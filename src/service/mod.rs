@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use crate::auth::{Caller, DecisionKey};
 use crate::body::{self, Body};
 use crate::cache::CacheOutcome;
+use crate::credentials;
 use crate::error::Error;
 use crate::route::{CacheClass, Endpoint, PackageRoute};
 use crate::state::AppState;
@@ -127,10 +128,12 @@ pub(super) fn plain(status: StatusCode, text: String) -> Handled {
 async fn package(
     state: &Arc<AppState>,
     route: PackageRoute,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     client: IpAddr,
 ) -> Result<Handled, Error> {
     let caller = Caller::from_request(&state.key, request.headers(), request.uri().query());
+    // After the fingerprint: translation changes what GitLab reads, not who is calling.
+    credentials::translate(route.api(), request.headers_mut());
     let decision = DecisionKey {
         caller: caller.fingerprint,
         project: Arc::from(route.project.as_raw()),

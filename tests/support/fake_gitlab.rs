@@ -20,6 +20,7 @@ mod auth;
 mod go;
 mod model;
 mod object_store;
+mod packages;
 mod reply;
 mod route;
 mod rubygems;

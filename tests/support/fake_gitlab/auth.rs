@@ -149,6 +149,17 @@ pub(super) fn project_for_read<'a>(
 /// a job token from `job_token=`, `token=` or `Job-Token` (which must be a running job's).
 /// Deploy tokens are not accepted at all.
 pub(super) fn go_caller<'a>(instance: &'a Instance, call: &Call<'_>) -> Result<Caller<'a>, Reply> {
+    api_caller(instance, call, true)
+}
+
+/// The API guard's credentials for an ordinary REST endpoint that allows job tokens (like
+/// the Packages API): as for Go, except that a personal access token in Basic auth is only
+/// read where the route sets `basic_auth_personal_access_token` (`basic_pat`).
+pub(super) fn api_caller<'a>(
+    instance: &'a Instance,
+    call: &Call<'_>,
+    basic_pat: bool,
+) -> Result<Caller<'a>, Reply> {
     let lookup = |value: &str| instance.tokens.get(value);
     let bearer = call.bearer();
     if let Some(Token {
@@ -171,7 +182,7 @@ pub(super) fn go_caller<'a>(instance: &'a Instance, call: &Call<'_>) -> Result<C
             _ => Err(Reply::unauthorized(Api::Go)),
         };
     }
-    if let Some((_user, password)) = call.basic() {
+    if let Some((_user, password)) = call.basic().filter(|_| basic_pat) {
         if let Some(Token {
             credential: Credential::Personal { scopes, state },
             grants,

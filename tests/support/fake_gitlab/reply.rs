@@ -14,12 +14,14 @@ use sha2::{Digest, Sha256};
 pub(super) enum Api {
     Go,
     RubyGems,
+    /// An ordinary JSON endpoint of the REST API (the Packages API).
+    Rest,
 }
 
 impl Api {
     fn error_content_type(self) -> &'static str {
         match self {
-            Api::Go => "application/json",
+            Api::Go | Api::Rest => "application/json",
             Api::RubyGems => "application/octet-stream",
         }
     }

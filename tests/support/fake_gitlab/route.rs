@@ -20,6 +20,8 @@ pub(super) enum Route {
         project: String,
         endpoint: RubyGemsEndpoint,
     },
+    /// `GET /projects/:id/packages`: the Packages API (`lib/api/project_packages.rb`).
+    Packages { project: String },
 }
 
 pub(super) enum GoEndpoint {
@@ -84,6 +86,11 @@ pub(super) fn parse(
         return Ok(None);
     }
     let is_read = method == Method::GET || method == Method::HEAD;
+    if rest == "packages" && is_read {
+        return Ok(Some(Route::Packages {
+            project: decode(id)?,
+        }));
+    }
     if let Some(go) = rest.strip_prefix("packages/go/") {
         if !is_read {
             return Ok(None);

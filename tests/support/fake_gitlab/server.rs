@@ -24,7 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::auth::Call;
 use super::reply::Reply;
 use super::route::{self, Query, Route};
-use super::{go, lock, rubygems, Fault, Shared};
+use super::{go, lock, packages, rubygems, Fault, Shared};
 
 pub(super) type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -153,6 +153,9 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Bytes>
                     } => go::answer(&shared.instance, &call, &project, &module, &endpoint),
                     Route::RubyGems { project, endpoint } => {
                         rubygems::answer(shared, era, &call, &project, endpoint, body).await
+                    }
+                    Route::Packages { project } => {
+                        packages::answer(&shared.instance, &call, &project)
                     }
                 }
             }

@@ -1,0 +1,9 @@
+//! What the proxy adds to RubyGems on GitLab: reading gems and writing the index formats
+//! (compact index, gemspecs, spec indexes) that GitLab lacks or has only since 19.1.
+
+pub mod catalog;
+pub mod compact_index;
+pub mod gem_file;
+pub mod gemspec;
+pub mod marshal;
+pub mod version;
