@@ -11,6 +11,7 @@ use crate::cache::flight::Flights;
 use crate::cache::memory::MemoryTier;
 use crate::config::Config;
 use crate::error::Error;
+use crate::gems::catalog::Catalogs;
 use crate::metrics::Metrics;
 use crate::storage::{ArtifactStore, SledStore, Store};
 use crate::tls;
@@ -32,6 +33,8 @@ pub struct AppState {
     /// Artifact fills in flight, and the store they write to.
     pub fills: Fills,
     pub upstream: Upstream,
+    /// Per-project RubyGems catalogs (compact index, gemspecs, spec indexes).
+    pub catalogs: Catalogs,
     /// Set when the proxy serves HTTPS.
     pub tls: Option<TlsAcceptor>,
 }
@@ -75,6 +78,7 @@ impl AppState {
         let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone());
         Ok(Arc::new(AppState {
             fills,
+            catalogs: Catalogs::new(config.cache.metadata_ttl),
             gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
             memory: MemoryTier::new(
                 config.cache.memory_max_bytes.as_u64(),

@@ -502,6 +502,91 @@ async fn go_mod_download_and_build_through_the_proxy_over_https() {
     );
 }
 
+/// A CI job's module: a private project read with `CI_JOB_TOKEN` from `.netrc` (user
+/// `gitlab-ci-token`, which GitLab's Go API does not read from Basic auth: the proxy sends it
+/// as `Job-Token`), at a version with upper-case letters (which the go command sends as
+/// `%21r%21c1`, a form GitLab's route does not match: the proxy forwards `!r!c1`).
+#[tokio::test]
+async fn go_mod_download_with_a_ci_job_token_and_an_upper_case_version() {
+    commands::require_tool("go");
+    const JOBMOD: &str = "gitlab.example.com/group/jobmod";
+    const JOB_TOKEN: &str = "glcbt-job-42";
+    const VERSION: &str = "v1.0.0-RC1";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = TestCa::create(dir.path());
+    let fake_with = |visibility| {
+        FakeGitLab::builder()
+            .project(40, "group/jobmod", visibility)
+            .go_version(40, "", VERSION, GO_TIMES[0], fixtures::go_module_files(JOBMOD, VERSION))
+            .token(JOB_TOKEN, TokenKind::Job, TokenState::Active, &[(40, Role::Reporter)])
+            .start()
+    };
+    let write_app = |root: &Path| {
+        mkdir(root.join("home"));
+        let app = mkdir(root.join("app"));
+        write(
+            &app.join("go.mod"),
+            format!("module example.com/jobapp\n\ngo 1.19\n\nrequire {JOBMOD} {VERSION}\n"),
+        );
+        write(
+            &app.join("main.go"),
+            format!(
+                "package main\n\nimport (\n\t\"fmt\"\n\n\tjobmod \"{JOBMOD}\"\n)\n\n\
+                 func main() {{ fmt.Println(jobmod.Describe()) }}\n"
+            ),
+        );
+    };
+    let proxy_for = |base: &str| format!("{base}/api/v4/projects/40/packages/go");
+
+    // Directly against GitLab (a public twin; go 1.19 sends no credentials over http), the
+    // escaped version does not route: the download fails.
+    let twin = fake_with(Visibility::Public).await;
+    let root = dir.path().join("direct");
+    write_app(&root);
+    let mut direct = go(&root, &proxy_for(&twin.url()), &ca.ca_file, &["mod", "download"]);
+    let direct = tokio::task::spawn_blocking(move || commands::run_unchecked(&mut direct, TIMEOUT))
+        .await
+        .expect("go against GitLab directly");
+    assert!(!direct.success(), "{}", direct.report);
+    assert!(twin.hits(&format!("/api/v4/projects/40/packages/go/{JOBMOD}/@v/v1.0.0-%21r%21c1.info")) > 0);
+    drop(twin);
+
+    let stack = Stack::start(fake_with(Visibility::Private).await, Some(&ca)).await;
+    let netrc = format!("machine 127.0.0.1 login gitlab-ci-token password {JOB_TOKEN}\n");
+    let mut runs = Vec::new();
+    for run_name in ["first", "second"] {
+        let root = dir.path().join(run_name);
+        write_app(&root);
+        write(&root.join("home/.netrc"), &netrc);
+        let proxy = proxy_for(&stack.proxy.url());
+        run(go(&root, &proxy, &ca.ca_file, &["mod", "download"])).await;
+        run(go(&root, &proxy, &ca.ca_file, &["build", "-o", "jobapp", "."])).await;
+        let mut app = commands::clean(root.join("app/jobapp").to_str().expect("UTF-8 path"));
+        app.current_dir(root.join("app"));
+        let printed = run(app).await;
+        assert_eq!(printed.stdout, format!("{JOBMOD}@{VERSION}\n"), "{}", printed.report);
+        runs.push(stack.end_run(&format!("go with a CI job token, {run_name} run")));
+    }
+    let encoded = format!("/api/v4/projects/40/packages/go/{JOBMOD}/@v/v1.0.0-!r!c1");
+    for ext in ["info", "mod", "zip"] {
+        let asked = runs[0].requested("GET", &format!("{encoded}.{ext}"));
+        assert!(!asked.is_empty() && asked.iter().all(|a| a.status == 200), "{ext}: {asked:?}");
+        // Stored once, under the one key; the second run never asked GitLab for it.
+        assert!(
+            runs[0].upstream.iter().any(|e| e.path_and_query == format!("{encoded}.{ext}")),
+            "GitLab was asked for the `!` form of {ext}"
+        );
+    }
+    assert_artifacts_from_store(&stack.fake, &runs[0], &runs[1]);
+    let headers = stack
+        .fake
+        .last_request_headers(&format!("{encoded}.info"))
+        .or_else(|| stack.fake.last_request_headers(&format!("{encoded}.zip")))
+        .expect("GitLab saw the job's requests");
+    assert_eq!(headers["job-token"], JOB_TOKEN);
+    assert!(!headers.contains_key("authorization"));
+}
+
 // ---------------------------------------------------------------------------------------
 // RubyGems
 // ---------------------------------------------------------------------------------------
@@ -531,11 +616,16 @@ fn build_gems(dir: &Path) -> Vec<GemFixture> {
 
 const WEB_DESCRIBED: &str = "gpc_web-0.5.0 [gpc_core-2.0.0 [gpc_leaf-1.1.0]] [gpc_leaf-1.1.0]";
 
-/// A private project (GitLab 19.1 RubyGems API) holding the gems, a reader and a writer.
+/// A project (GitLab 19.1 RubyGems API unless `era` says otherwise) holding the gems, a
+/// reader and a writer.
 async fn gem_gitlab(gems: Vec<GemFixture>) -> FakeGitLab {
+    gem_gitlab_in(RubyGemsEra::V19_1, Visibility::Private, gems).await
+}
+
+async fn gem_gitlab_in(era: RubyGemsEra, visibility: Visibility, gems: Vec<GemFixture>) -> FakeGitLab {
     let mut builder = FakeGitLab::builder()
-        .era(RubyGemsEra::V19_1)
-        .project(GEM_PROJECT, "group/gems", Visibility::Private)
+        .era(era)
+        .project(GEM_PROJECT, "group/gems", visibility)
         .token(
             GEM_READER,
             TokenKind::Personal {
@@ -598,24 +688,58 @@ struct BundleRun {
     described: String,
 }
 
-/// `bundle install` of `gems` from `source` in a fresh world under `root`, with the reader's
-/// credentials set with `bundle config set --global <source URL> user:token`; then loads
-/// every gem under `bundle exec` and prints its `describe`.
-async fn bundle_run(root: &Path, source: &str, gems: &[&str]) -> BundleRun {
+/// How a bundle run authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GemCredentials {
+    /// `bundle config set --global <source> __token__:<token>`.
+    ConfigUserToken,
+    /// `bundle config set --global <source> <token>` (Bundler sends `<token>:`).
+    ConfigBareToken,
+    /// `https://__token__:<token>@host/...` as the Gemfile's source.
+    UrlUserinfo,
+    Anonymous,
+}
+
+/// `bundle lock`, `bundle install` and `bundle exec` of `gems` from `source` in a fresh
+/// world under `root`; `bundle exec` loads every gem and prints its `describe`.
+async fn bundle_run(root: &Path, source: &str, gems: &[&str], credentials: GemCredentials) -> BundleRun {
+    let finished = bundle_commands(root, source, gems, credentials, true).await;
+    let described = finished.expect("bundle succeeded").stdout;
+    BundleRun {
+        lockfile: read(&root.join("app/Gemfile.lock")),
+        described,
+    }
+}
+
+/// The bundle commands; with `must_pass` false, the first failure is returned as `Err`.
+async fn bundle_commands(
+    root: &Path,
+    source: &str,
+    gems: &[&str],
+    credentials: GemCredentials,
+    must_pass: bool,
+) -> Result<Finished, Finished> {
     fresh_ruby_world(root);
-    let credentials = format!("__token__:{GEM_READER}");
-    run(ruby_tool(
-        "bundle",
-        root,
-        &["config", "set", "--global", source, &credentials],
-    ))
-    .await;
-    let mut gemfile = format!("source {source:?}\n\n");
+    let mut gemfile_source = source.to_owned();
+    match credentials {
+        GemCredentials::ConfigUserToken | GemCredentials::ConfigBareToken => {
+            let value = if credentials == GemCredentials::ConfigUserToken {
+                format!("__token__:{GEM_READER}")
+            } else {
+                GEM_READER.to_owned()
+            };
+            run(ruby_tool("bundle", root, &["config", "set", "--global", source, &value])).await;
+        }
+        GemCredentials::UrlUserinfo => {
+            gemfile_source = source.replacen("://", &format!("://__token__:{GEM_READER}@"), 1);
+        }
+        GemCredentials::Anonymous => {}
+    }
+    let mut gemfile = format!("source {gemfile_source:?}\n\n");
     for gem in gems {
         let _ = writeln!(gemfile, "gem {gem:?}");
     }
     write(&root.join("app/Gemfile"), gemfile);
-    run(ruby_tool("bundle", root, &["install"])).await;
     let mut exec = vec![
         "exec",
         "ruby",
@@ -624,27 +748,42 @@ async fn bundle_run(root: &Path, source: &str, gems: &[&str]) -> BundleRun {
          puts Object.const_get(g.split(\"_\").map(&:capitalize).join).describe }",
     ];
     exec.extend_from_slice(gems);
-    let described = run(ruby_tool("bundle", root, &exec)).await;
-    BundleRun {
-        lockfile: read(&root.join("app/Gemfile.lock")),
-        described: described.stdout,
+    let mut last = None;
+    for args in [vec!["lock"], vec!["install"], exec] {
+        let mut command = ruby_tool("bundle", root, &args);
+        let finished = if must_pass {
+            run(command).await
+        } else {
+            let finished =
+                tokio::task::spawn_blocking(move || commands::run_unchecked(&mut command, TIMEOUT))
+                    .await
+                    .expect("bundle");
+            if !finished.success() {
+                return Err(finished);
+            }
+            finished
+        };
+        last = Some(finished);
     }
+    Ok(last.expect("three commands ran"))
 }
 
-/// Runs `bundle install` of `gemfile` twice against a proxy in front of a project holding
-/// `gems`, checks what both runs have in common, and hands back the two runs.
+/// Runs the bundle commands twice (cold, then warm with a fresh client) against a proxy in
+/// front of a project holding `gems`, with `credentials` for each run; checks what both
+/// runs have in common and hands back the two runs.
 async fn bundle_twice(
     label: &str,
-    gems: Vec<GemFixture>,
+    fake: FakeGitLab,
     gemfile: &[&str],
     described: &str,
+    credentials: [GemCredentials; 2],
 ) -> (Stack, BundleRun, Run, Run) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let stack = Stack::start(gem_gitlab(gems).await, None).await;
+    let stack = Stack::start(fake, None).await;
     let source = rubygems_url(&stack.proxy.url());
-    let first = bundle_run(&dir.path().join("first"), &source, gemfile).await;
+    let first = bundle_run(&dir.path().join("first"), &source, gemfile, credentials[0]).await;
     let first_wire = stack.end_run(&format!("{label}, first run"));
-    let second = bundle_run(&dir.path().join("second"), &source, gemfile).await;
+    let second = bundle_run(&dir.path().join("second"), &source, gemfile, credentials[1]).await;
     let second_wire = stack.end_run(&format!("{label}, second run"));
 
     assert_eq!(first.described, described, "{}", first.lockfile);
@@ -660,19 +799,28 @@ async fn bundle_twice(
     assert_eq!(second.lockfile, first.lockfile);
     assert_eq!(second.described, first.described);
 
-    // Bundler first probes the compact index: GitLab has none and answers 400 (relayed
-    // uncached, so it reaches GitLab on every run).
+    // Bundler takes the compact index the proxy writes, and nothing else of the index.
     let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
     for wire in [&first_wire, &second_wire] {
         let versions = wire.requested("GET", &format!("{base}/versions"));
         assert!(
-            !versions.is_empty() && versions.iter().all(|a| a.status == 400),
-            "compact index probe: {versions:?}"
+            !versions.is_empty() && versions.iter().all(|a| a.status == 200),
+            "compact index: {versions:?}"
         );
+        for access in &wire.clients {
+            assert!(access.status < 400, "no error expected: {access}");
+            assert!(
+                !access.path.contains("/api/v1/dependencies") && !access.path.ends_with(".4.8.gz"),
+                "the compact index is enough: {access}"
+            );
+        }
     }
-    for access in &first_wire.clients {
-        assert!(access.status < 500, "no server error expected: {access}");
-    }
+    let infos = first_wire
+        .clients
+        .iter()
+        .filter(|a| a.path.starts_with(&format!("{base}/info/")))
+        .count();
+    assert!(infos > 0, "bundler read info files");
     assert_artifacts_from_store(&stack.fake, &first_wire, &second_wire);
     (stack, first, first_wire, second_wire)
 }
@@ -691,103 +839,109 @@ fn names(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Every name in the project: bundler resolves with GitLab's dependency API, which reports
-/// development dependencies as if they were runtime ones, so bundler also installs
-/// `gpc_devtool` (GitLab's behaviour, relayed faithfully).
-#[tokio::test]
-async fn bundle_install_through_the_proxy() {
-    for tool in ["ruby", "gem", "bundle"] {
-        commands::require_tool(tool);
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let gems = build_gems(&mkdir(dir.path().join("gems")));
-    let (_stack, first, first_wire, _) = bundle_twice(
-        "bundler (dependency API)",
-        gems,
-        &["gpc_web"],
-        &format!("{WEB_DESCRIBED}\n"),
-    )
-    .await;
+const ALL_RUNTIME: [&str; 4] = [
+    "gpc_core-2.0.0.gem",
+    "gpc_leaf-1.1.0.gem",
+    "gpc_tool-1.0.0.gem",
+    "gpc_web-0.5.0.gem",
+];
 
-    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
-    let dependencies = first_wire.requested("GET", &format!("{base}/api/v1/dependencies"));
-    assert!(
-        dependencies.len() >= 2 && dependencies.iter().all(|a| a.status == 200),
-        "dependency API: {dependencies:?}"
-    );
-    assert!(
-        first_wire
-            .requested("GET", &format!("{base}/specs.4.8.gz"))
-            .is_empty(),
-        "no full index needed"
-    );
-    assert_eq!(
-        downloaded_gems(&first_wire),
-        names(&[
-            "gpc_core-2.0.0.gem",
-            "gpc_devtool-0.1.0.gem",
-            "gpc_leaf-1.1.0.gem",
-            "gpc_web-0.5.0.gem",
-        ])
-    );
-    assert!(
-        first.lockfile.contains("gpc_devtool (0.1.0)"),
-        "{}",
-        first.lockfile
-    );
-}
-
-/// A gem whose development dependency (`rake`) the project does not host: the dependency
-/// API answers 404 for it, and bundler falls back to the full index (`specs.4.8.gz`,
-/// gemspecs, gems), where development dependencies play no part.
-#[tokio::test]
-async fn bundle_install_falls_back_to_the_full_index_through_the_proxy() {
-    for tool in ["ruby", "gem", "bundle"] {
-        commands::require_tool(tool);
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let gems_dir = mkdir(dir.path().join("gems"));
-    let mut gems = build_gems(&gems_dir);
+/// The gems plus `gpc_tool`, whose development dependency (`rake`) the project does not
+/// host: GitLab's dependency API answers 404 for it, the compact index (runtime dependencies
+/// only) does not care.
+fn build_gems_with_tool(dir: &Path) -> Vec<GemFixture> {
+    let mut gems = build_gems(dir);
     gems.push(fixtures::build_gem_with(
-        &gems_dir,
+        dir,
         "gpc_tool",
         "1.0.0",
         &[("gpc_leaf", "~> 1.0")],
         &[("rake", ">= 13")],
     ));
-    let (_stack, first, first_wire, _) = bundle_twice(
-        "bundler (full index)",
-        gems,
-        &["gpc_web", "gpc_tool"],
-        &format!("{WEB_DESCRIBED}\ngpc_tool-1.0.0 [gpc_leaf-1.1.0]\n"),
+    gems
+}
+
+const TOOL_GEMFILE: [&str; 2] = ["gpc_web", "gpc_tool"];
+
+fn tool_described() -> String {
+    format!("{WEB_DESCRIBED}\ngpc_tool-1.0.0 [gpc_leaf-1.1.0]\n")
+}
+
+/// GitLab before 19.1, a private and a public project. Directly, bundler fails on both
+/// (Basic credentials are an invalid token; the dependency API needs gemspecs GitLab 404s).
+/// Through the proxy it works, cold and warm, with each way of giving credentials.
+#[tokio::test]
+async fn bundle_on_old_gitlab_through_the_proxy() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems = build_gems_with_tool(&mkdir(dir.path().join("gems")));
+    for (visibility, credentials) in [
+        (Visibility::Private, GemCredentials::ConfigUserToken),
+        (Visibility::Public, GemCredentials::Anonymous),
+    ] {
+        let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, visibility, gems.clone()).await;
+        let root = dir.path().join(format!("direct-{visibility:?}"));
+        let direct = bundle_commands(&root, &rubygems_url(&fake.url()), &TOOL_GEMFILE, credentials, false).await;
+        let direct = direct.expect_err("bundle against GitLab < 19.1 directly fails");
+        eprintln!("directly against GitLab ({visibility:?}):\n{}", direct.report);
+    }
+
+    let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems.clone()).await;
+    let (stack, first, first_wire, _) = bundle_twice(
+        "bundler, old GitLab, private project",
+        fake,
+        &TOOL_GEMFILE,
+        &tool_described(),
+        [GemCredentials::ConfigUserToken, GemCredentials::ConfigBareToken],
     )
     .await;
-
-    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
-    let dependencies = first_wire.requested("GET", &format!("{base}/api/v1/dependencies"));
-    assert!(
-        dependencies.iter().any(|a| a.status == 404),
-        "the dependency API refused the unhosted name: {dependencies:?}"
-    );
-    let specs = first_wire.requested("GET", &format!("{base}/specs.4.8.gz"));
-    assert!(
-        !specs.is_empty() && specs.iter().all(|a| a.status == 200),
-        "full index: {specs:?}"
-    );
-    assert_eq!(
-        downloaded_gems(&first_wire),
-        names(&[
-            "gpc_core-2.0.0.gem",
-            "gpc_leaf-1.1.0.gem",
-            "gpc_tool-1.0.0.gem",
-            "gpc_web-0.5.0.gem",
-        ])
-    );
+    assert_eq!(downloaded_gems(&first_wire), names(&ALL_RUNTIME));
     assert!(
         !first.lockfile.contains("gpc_devtool") && !first.lockfile.contains("rake"),
         "{}",
         first.lockfile
     );
+    // Credentials in the source URL work too.
+    let userinfo = bundle_run(
+        &dir.path().join("userinfo"),
+        &rubygems_url(&stack.proxy.url()),
+        &TOOL_GEMFILE,
+        GemCredentials::UrlUserinfo,
+    )
+    .await;
+    assert_eq!(userinfo.described, tool_described());
+    drop(stack);
+
+    let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Public, gems).await;
+    bundle_twice(
+        "bundler, old GitLab, public project",
+        fake,
+        &TOOL_GEMFILE,
+        &tool_described(),
+        [GemCredentials::Anonymous, GemCredentials::Anonymous],
+    )
+    .await;
+}
+
+/// GitLab 19.1: the same through the proxy, which adds the compact index GitLab lacks.
+#[tokio::test]
+async fn bundle_on_gitlab_19_1_through_the_proxy() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems = build_gems_with_tool(&mkdir(dir.path().join("gems")));
+    let (_stack, _, first_wire, _) = bundle_twice(
+        "bundler, GitLab 19.1, private project",
+        gem_gitlab(gems).await,
+        &TOOL_GEMFILE,
+        &tool_described(),
+        [GemCredentials::ConfigUserToken, GemCredentials::ConfigBareToken],
+    )
+    .await;
+    assert_eq!(downloaded_gems(&first_wire), names(&ALL_RUNTIME));
 }
 
 struct GemInstallRun {
@@ -863,12 +1017,12 @@ async fn gem_install_and_push_through_the_proxy() {
     );
     assert_eq!(second.installed, first.installed);
 
-    // gem 3.3 probes the source root with HEAD (GitLab has no route there: 404, answered by
-    // the proxy itself), then uses the full index and the gemspecs.
+    // gem 3.3 probes the source root with HEAD (GitLab has no route there; the proxy
+    // answers 200), then uses the compact index and the gemspecs.
     let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
     for (method, path, status) in [
-        ("HEAD", format!("{base}/"), 404),
-        ("GET", format!("{base}/specs.4.8.gz"), 200),
+        ("HEAD", format!("{base}/"), 200),
+        ("GET", format!("{base}/info/gpc_web"), 200),
         (
             "GET",
             format!("{base}/quick/Marshal.4.8/gpc_web-0.5.0.gemspec.rz"),
@@ -936,4 +1090,99 @@ async fn gem_install_and_push_through_the_proxy() {
             .count(),
         2
     );
+}
+
+/// `gem fetch` of `gpc_core` (full index: `latest_specs`, gemspec, gem) from `source`.
+async fn gem_fetch(root: &Path, source: &str) -> Result<Finished, Finished> {
+    fresh_ruby_world(root);
+    let mut command = ruby_tool(
+        "gem",
+        root,
+        &["fetch", "gpc_core", "--clear-sources", "--source", source],
+    );
+    let finished = tokio::task::spawn_blocking(move || commands::run_unchecked(&mut command, TIMEOUT))
+        .await
+        .expect("gem fetch");
+    if finished.success() {
+        Ok(finished)
+    } else {
+        Err(finished)
+    }
+}
+
+/// GitLab before 19.1 has no index and no gemspecs, and reads no Basic credentials, so
+/// `gem install` and `gem fetch` fail against it directly; through the proxy both work,
+/// cold and warm.
+#[tokio::test]
+async fn gem_install_and_fetch_on_old_gitlab_through_the_proxy() {
+    for tool in ["ruby", "gem"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems = build_gems(&mkdir(dir.path().join("gems")));
+    let expected = fixtures_gem_bytes(&gems, "gpc_core");
+    let with_credentials = |url: &str| {
+        format!(
+            "{}/",
+            rubygems_url(&format!("http://__token__:{GEM_READER}@{}", authority(url)))
+        )
+    };
+    let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems.clone()).await;
+    let source = with_credentials(&fake.url());
+    let root = dir.path().join("direct-install");
+    fresh_ruby_world(&root);
+    let mut install = ruby_tool(
+        "gem",
+        &root,
+        &["install", "gpc_web", "--clear-sources", "--source", &source, "--no-document"],
+    );
+    let install = tokio::task::spawn_blocking(move || commands::run_unchecked(&mut install, TIMEOUT))
+        .await
+        .expect("gem install");
+    assert!(!install.success(), "{}", install.report);
+    gem_fetch(&dir.path().join("direct-fetch"), &source)
+        .await
+        .expect_err("gem fetch against GitLab < 19.1 directly fails");
+    drop(fake);
+
+    let stack = Stack::start(gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems).await, None).await;
+    let source = with_credentials(&stack.proxy.url());
+    let mut runs = Vec::new();
+    for run_name in ["first", "second"] {
+        let install = gem_install_run(&dir.path().join(format!("{run_name}-install")), &source).await;
+        assert!(install.installed.contains("gpc_web (0.5.0)"), "{}", install.installed);
+        assert!(!install.installed.contains("gpc_devtool"), "{}", install.installed);
+        let root = dir.path().join(format!("{run_name}-fetch"));
+        let fetched = gem_fetch(&root, &source).await.unwrap_or_else(|f| panic!("{}", f.report));
+        let file = std::fs::read(root.join("app/gpc_core-2.0.0.gem"))
+            .unwrap_or_else(|e| panic!("gem fetch wrote no file ({e}):\n{}", fetched.report));
+        assert_eq!(file, expected);
+        runs.push(stack.end_run(&format!("gem install and fetch, old GitLab, {run_name} run")));
+    }
+    let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
+    for (method, path) in [
+        ("HEAD", format!("{base}/")),
+        ("GET", format!("{base}/info/gpc_web")),
+        ("GET", format!("{base}/quick/Marshal.4.8/gpc_web-0.5.0.gemspec.rz")),
+        ("GET", format!("{base}/quick/Marshal.4.8/gpc_core-2.0.0.gemspec.rz")),
+        ("GET", format!("{base}/latest_specs.4.8.gz")),
+        ("GET", format!("{base}/gems/gpc_core-2.0.0.gem")),
+    ] {
+        let asked = runs[0].requested(method, &path);
+        assert!(
+            !asked.is_empty() && asked.iter().all(|a| a.status == 200),
+            "{method} {path}: {asked:?}"
+        );
+    }
+    for access in runs.iter().flat_map(|r| &r.clients) {
+        assert!(access.status < 400, "{access}");
+    }
+    assert_artifacts_from_store(&stack.fake, &runs[0], &runs[1]);
+}
+
+fn fixtures_gem_bytes(gems: &[GemFixture], name: &str) -> Vec<u8> {
+    gems.iter()
+        .find(|g| g.name == name)
+        .map(|g| g.gem_bytes.clone())
+        .expect("the gem is among the fixtures")
 }

@@ -136,11 +136,16 @@ impl Catalogs {
 
     /// The project's catalog: the cached one, or one built now (concurrent builds of one
     /// project coalesce; failures are not kept).
-    pub async fn get(&self, source: Source<'_>) -> Result<Arc<Catalog>, Arc<Error>> {
+    /// The second value is true when the catalog was built for this call.
+    pub async fn get(&self, source: Source<'_>) -> Result<(Arc<Catalog>, bool), Arc<Error>> {
         let key: Arc<str> = Arc::from(source.project.as_raw());
-        self.built
-            .try_get_with(key, async { self.build(&source).await.map(Arc::new) })
-            .await
+        let entry = self
+            .built
+            .entry(key)
+            .or_try_insert_with(async { self.build(&source).await.map(Arc::new) })
+            .await?;
+        let fresh = entry.is_fresh();
+        Ok((entry.into_value(), fresh))
     }
 
     /// Forgets a project's catalog (a push changed it).

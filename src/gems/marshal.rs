@@ -290,14 +290,20 @@ impl Reader<'_> {
         })
     }
 
+    /// A count of things that follow: each takes at least one byte, so a longer count is
+    /// a lie (and must not size an allocation).
     fn len(&mut self) -> Result<usize, MarshalError> {
-        let n = self.long()?;
-        let n = usize::try_from(n).map_err(|_| MarshalError::Malformed("negative length"))?;
-        // Every element takes at least one byte: a longer count is a lie.
+        let n = self.index()?;
         if n > self.input.len() - self.at {
             return Err(MarshalError::Truncated);
         }
         Ok(n)
+    }
+
+    /// A link's index into the symbols or objects read so far.
+    fn index(&mut self) -> Result<usize, MarshalError> {
+        let n = self.long()?;
+        usize::try_from(n).map_err(|_| MarshalError::Malformed("negative length"))
     }
 
     fn raw_bytes(&mut self) -> Result<Vec<u8>, MarshalError> {
@@ -309,7 +315,7 @@ impl Reader<'_> {
         match self.byte()? {
             b':' => self.symbol_body(),
             b';' => {
-                let index = self.len()?;
+                let index = self.index()?;
                 self.symbols
                     .get(index)
                     .cloned()
@@ -361,7 +367,7 @@ impl Reader<'_> {
             }
             b':' => Value::Symbol(self.symbol_body()?),
             b';' => {
-                let index = self.len()?;
+                let index = self.index()?;
                 Value::Symbol(
                     self.symbols
                         .get(index)
@@ -370,7 +376,7 @@ impl Reader<'_> {
                 )
             }
             b'@' => {
-                let index = self.len()?;
+                let index = self.index()?;
                 self.objects
                     .get(index)
                     .cloned()

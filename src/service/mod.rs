@@ -3,6 +3,7 @@
 
 mod artifact;
 mod authorize;
+mod gems;
 mod metadata;
 mod operations;
 mod relay;
@@ -139,7 +140,11 @@ async fn package(
         project: Arc::from(route.project.as_raw()),
         api: route.api(),
     };
+    if gems::has_fallback(&route) {
+        return gems::with_fallback(state, &route, &decision, request, client).await;
+    }
     match route.cache_class() {
+        CacheClass::Synthesized => gems::synthesized(state, &route, &decision, request, client).await,
         CacheClass::Metadata => metadata::metadata(state, &route, &decision, request, client).await,
         CacheClass::Artifact => artifact::artifact(state, &route, &decision, request, client).await,
         CacheClass::PassThrough => relay::relay_route(state, &route, None, request, client).await,
