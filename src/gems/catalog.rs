@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::compact_index::{self, IndexedVersion, VersionsEntry};
@@ -243,13 +244,22 @@ impl Catalogs {
                         .get(header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok());
-                    // Nobody reads the leader's own copy: the fill stores it for everyone,
-                    // and this loop follows the fill like any waiter.
-                    if let Err(not_started) = leader.start(kept, length, incoming).await {
-                        return Err(Error::Internal(format!(
-                            "storing a gem: {}",
-                            not_started.error
-                        )));
+                    // The leader's copy ends once the fill has committed (or failed); the
+                    // loop then finds the stored gem.
+                    match leader.start(kept, length, incoming).await {
+                        Ok(mut copy) => {
+                            while let Some(frame) = copy.frame().await {
+                                if frame.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Err(not_started) => {
+                            return Err(Error::Internal(format!(
+                                "storing a gem: {}",
+                                not_started.error
+                            )))
+                        }
                     }
                 }
                 Joined::Waiter(mut progress) => loop {
