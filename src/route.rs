@@ -620,7 +620,10 @@ mod tests {
     fn percent_encoded_go_versions_take_the_form_gitlab_routes() {
         let encoded = route("GET", &format!("{GO}/@v/v1.0.1-%21r%21c.1.zip?x=1"));
         let plain = route("GET", &format!("{GO}/@v/v1.0.1-!r!c.1.zip?x=1"));
-        assert_eq!(encoded.path_and_query(), format!("{GO}/@v/v1.0.1-!r!c.1.zip?x=1"));
+        assert_eq!(
+            encoded.path_and_query(),
+            format!("{GO}/@v/v1.0.1-!r!c.1.zip?x=1")
+        );
         assert_eq!(encoded.content_key(), plain.content_key());
         assert_eq!(encoded.request, plain.request);
         assert_eq!(
@@ -628,12 +631,20 @@ mod tests {
             format!("{GO}/@v/v1.0.1-!r!c.1.info?x=1")
         );
         // The module part is GitLab's to decode; it stays as sent.
-        let module = route("GET", "/api/v4/projects/1/packages/go/h/%21mixed/@v/v0.1.0-%21x.info");
+        let module = route(
+            "GET",
+            "/api/v4/projects/1/packages/go/h/%21mixed/@v/v0.1.0-%21x.info",
+        );
         assert_eq!(
             module.path(),
             "/api/v4/projects/1/packages/go/h/%21mixed/@v/v0.1.0-!x.info"
         );
-        for bad in ["/@v/v1.0.0-%21X.info", "/@v/v1.0.0%2Finfo", "/@v/%zz.info", "/@v/v1.0.0%2e.info"] {
+        for bad in [
+            "/@v/v1.0.0-%21X.info",
+            "/@v/v1.0.0%2Finfo",
+            "/@v/%zz.info",
+            "/@v/v1.0.0%2e.info",
+        ] {
             assert_eq!(
                 parse("GET", &format!("{GO}{bad}")),
                 Err(RouteError::NotFound),

@@ -111,9 +111,18 @@ async fn basic_credentials_reach_old_gitlab_as_the_raw_token() {
         .last_request_headers(&format!("{BASE}/api/v1/dependencies"))
         .expect("GitLab was asked");
     assert_eq!(received["authorization"], READER);
-    assert_eq!(fake.hits(&format!("{BASE}{gem}")), 4, "three direct, one to fill the store");
+    assert_eq!(
+        fake.hits(&format!("{BASE}{gem}")),
+        4,
+        "three direct, one to fill the store"
+    );
     // A wrong token stays wrong, and nothing stored reaches its holder.
-    let wrong = get(&proxy.url(), gem, &[("authorization", &basic("x:glpat-wrong"))]).await;
+    let wrong = get(
+        &proxy.url(),
+        gem,
+        &[("authorization", &basic("x:glpat-wrong"))],
+    )
+    .await;
     assert_eq!(wrong.status, 401);
 }
 
@@ -170,7 +179,10 @@ async fn compact_index_follows_the_format() {
         versions.header("repr-digest"),
         Some(format!("sha-256=:{digest}:").as_str())
     );
-    assert_eq!(get(&base, "/names", &auth).await.text(), "---\ngpc_core\ngpc_leaf\n");
+    assert_eq!(
+        get(&base, "/names", &auth).await.text(),
+        "---\ngpc_core\ngpc_leaf\n"
+    );
 
     // Bundler 2.3 revalidates with the MD5 of its copy and a Range: 304, else a full 200.
     let not_modified = get(
@@ -215,7 +227,9 @@ async fn refused_callers_get_nothing_of_a_private_project() {
     let base = proxy.url();
     // A reader builds the catalog first, so the refusals below are not for want of one.
     assert_eq!(
-        get(&base, "/versions", &[("authorization", &reader)]).await.status,
+        get(&base, "/versions", &[("authorization", &reader)])
+            .await
+            .status,
         200
     );
     let wrong = basic("__token__:glpat-nobody");
@@ -254,8 +268,17 @@ async fn deploy_tokens_list_from_the_spec_indexes_on_19_1() {
     let auth = [("authorization", deploy.as_str())];
     let versions = get(&proxy.url(), "/versions", &auth).await;
     assert_eq!(versions.status, 200, "{}", versions.text());
-    assert!(versions.text().contains("\ngpc_leaf 1.0.0,1.1.0 "), "{}", versions.text());
-    let gemspec = get(&proxy.url(), "/quick/Marshal.4.8/gpc_core-2.0.0.gemspec.rz", &auth).await;
+    assert!(
+        versions.text().contains("\ngpc_leaf 1.0.0,1.1.0 "),
+        "{}",
+        versions.text()
+    );
+    let gemspec = get(
+        &proxy.url(),
+        "/quick/Marshal.4.8/gpc_core-2.0.0.gemspec.rz",
+        &auth,
+    )
+    .await;
     assert_eq!(gemspec.status, 200);
     assert_eq!(
         Some(gemspec.body.to_vec()),
@@ -285,7 +308,12 @@ async fn synthesized_gemspecs_and_indexes_load_in_ruby() {
     let reader = basic(&format!("__token__:{READER}"));
     let auth = [("authorization", reader.as_str())];
     let path = "/quick/Marshal.4.8/gpc_core-2.0.0.gemspec.rz";
-    assert_eq!(get(&fake.url(), path, &[("authorization", READER)]).await.status, 404);
+    assert_eq!(
+        get(&fake.url(), path, &[("authorization", READER)])
+            .await
+            .status,
+        404
+    );
     let gemspec = get(&proxy.url(), path, &auth).await;
     assert_eq!(gemspec.status, 200, "{}", gemspec.text());
     let file = dir.path().join("gpc_core.gemspec.rz");
@@ -312,8 +340,14 @@ async fn synthesized_gemspecs_and_indexes_load_in_ruby() {
     assert_eq!(safe, "2.0.0\n");
 
     for (index, expected) in [
-        ("specs.4.8.gz", "gpc_core 2.0.0 ruby\ngpc_leaf 1.0.0 ruby\ngpc_leaf 1.1.0 ruby\n"),
-        ("latest_specs.4.8.gz", "gpc_core 2.0.0 ruby\ngpc_leaf 1.1.0 ruby\n"),
+        (
+            "specs.4.8.gz",
+            "gpc_core 2.0.0 ruby\ngpc_leaf 1.0.0 ruby\ngpc_leaf 1.1.0 ruby\n",
+        ),
+        (
+            "latest_specs.4.8.gz",
+            "gpc_core 2.0.0 ruby\ngpc_leaf 1.1.0 ruby\n",
+        ),
         ("prerelease_specs.4.8.gz", ""),
     ] {
         let response = get(&proxy.url(), &format!("/{index}"), &auth).await;

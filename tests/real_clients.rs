@@ -517,8 +517,19 @@ async fn go_mod_download_with_a_ci_job_token_and_an_upper_case_version() {
     let fake_with = |visibility| {
         FakeGitLab::builder()
             .project(40, "group/jobmod", visibility)
-            .go_version(40, "", VERSION, GO_TIMES[0], fixtures::go_module_files(JOBMOD, VERSION))
-            .token(JOB_TOKEN, TokenKind::Job, TokenState::Active, &[(40, Role::Reporter)])
+            .go_version(
+                40,
+                "",
+                VERSION,
+                GO_TIMES[0],
+                fixtures::go_module_files(JOBMOD, VERSION),
+            )
+            .token(
+                JOB_TOKEN,
+                TokenKind::Job,
+                TokenState::Active,
+                &[(40, Role::Reporter)],
+            )
             .start()
     };
     let write_app = |root: &Path| {
@@ -543,14 +554,20 @@ async fn go_mod_download_with_a_ci_job_token_and_an_upper_case_version() {
     let twin = fake_with(Visibility::Public).await;
     let root = dir.path().join("direct");
     write_app(&root);
-    let mut direct = go(&root, &proxy_for(&twin.url()), &ca.ca_file, &["mod", "download"]);
+    let mut direct = go(
+        &root,
+        &proxy_for(&twin.url()),
+        &ca.ca_file,
+        &["mod", "download"],
+    );
     let direct = tokio::task::spawn_blocking(move || commands::run_unchecked(&mut direct, TIMEOUT))
         .await
         .expect("go against GitLab directly");
     assert!(!direct.success(), "{}", direct.report);
     assert!(
-        twin.hits_prefix(&format!("/api/v4/projects/40/packages/go/{JOBMOD}/@v/v1.0.0-%21r%21c1."))
-            > 0,
+        twin.hits_prefix(&format!(
+            "/api/v4/projects/40/packages/go/{JOBMOD}/@v/v1.0.0-%21r%21c1."
+        )) > 0,
         "the go command sends the escaped version"
     );
     drop(twin);
@@ -564,15 +581,29 @@ async fn go_mod_download_with_a_ci_job_token_and_an_upper_case_version() {
         write(&root.join("home/.netrc"), &netrc);
         let proxy = proxy_for(&stack.proxy.url());
         run(go(&root, &proxy, &ca.ca_file, &["mod", "download"])).await;
-        run(go(&root, &proxy, &ca.ca_file, &["build", "-o", "jobapp", "."])).await;
+        run(go(
+            &root,
+            &proxy,
+            &ca.ca_file,
+            &["build", "-o", "jobapp", "."],
+        ))
+        .await;
         let mut app = commands::clean(root.join("app/jobapp").to_str().expect("UTF-8 path"));
         app.current_dir(root.join("app"));
         let printed = run(app).await;
-        assert_eq!(printed.stdout, format!("{JOBMOD}@{VERSION}\n"), "{}", printed.report);
+        assert_eq!(
+            printed.stdout,
+            format!("{JOBMOD}@{VERSION}\n"),
+            "{}",
+            printed.report
+        );
         if run_name == "first" {
             // GitLab's Go API got the job token where it reads one.
             let path = format!("/api/v4/projects/40/packages/go/{JOBMOD}/@v/v1.0.0-!r!c1.info");
-            let headers = stack.fake.last_request_headers(&path).expect("GitLab saw the job");
+            let headers = stack
+                .fake
+                .last_request_headers(&path)
+                .expect("GitLab saw the job");
             assert_eq!(headers["job-token"], JOB_TOKEN);
             assert!(!headers.contains_key("authorization"));
         }
@@ -581,10 +612,16 @@ async fn go_mod_download_with_a_ci_job_token_and_an_upper_case_version() {
     let encoded = format!("/api/v4/projects/40/packages/go/{JOBMOD}/@v/v1.0.0-!r!c1");
     for ext in ["info", "mod", "zip"] {
         let asked = runs[0].requested("GET", &format!("{encoded}.{ext}"));
-        assert!(!asked.is_empty() && asked.iter().all(|a| a.status == 200), "{ext}: {asked:?}");
+        assert!(
+            !asked.is_empty() && asked.iter().all(|a| a.status == 200),
+            "{ext}: {asked:?}"
+        );
         // Stored once, under the one key; the second run never asked GitLab for it.
         assert!(
-            runs[0].upstream.iter().any(|e| e.path_and_query == format!("{encoded}.{ext}")),
+            runs[0]
+                .upstream
+                .iter()
+                .any(|e| e.path_and_query == format!("{encoded}.{ext}")),
             "GitLab was asked for the `!` form of {ext}"
         );
     }
@@ -626,7 +663,11 @@ async fn gem_gitlab(gems: Vec<GemFixture>) -> FakeGitLab {
     gem_gitlab_in(RubyGemsEra::V19_1, Visibility::Private, gems).await
 }
 
-async fn gem_gitlab_in(era: RubyGemsEra, visibility: Visibility, gems: Vec<GemFixture>) -> FakeGitLab {
+async fn gem_gitlab_in(
+    era: RubyGemsEra,
+    visibility: Visibility,
+    gems: Vec<GemFixture>,
+) -> FakeGitLab {
     let mut builder = FakeGitLab::builder()
         .era(era)
         .project(GEM_PROJECT, "group/gems", visibility)
@@ -706,7 +747,12 @@ enum GemCredentials {
 
 /// `bundle lock`, `bundle install` and `bundle exec` of `gems` from `source` in a fresh
 /// world under `root`; `bundle exec` loads every gem and prints its `describe`.
-async fn bundle_run(root: &Path, source: &str, gems: &[&str], credentials: GemCredentials) -> BundleRun {
+async fn bundle_run(
+    root: &Path,
+    source: &str,
+    gems: &[&str],
+    credentials: GemCredentials,
+) -> BundleRun {
     let finished = bundle_commands(root, source, gems, credentials, true).await;
     let described = finished.expect("bundle succeeded").stdout;
     BundleRun {
@@ -732,7 +778,12 @@ async fn bundle_commands(
             } else {
                 GEM_READER.to_owned()
             };
-            run(ruby_tool("bundle", root, &["config", "set", "--global", source, &value])).await;
+            run(ruby_tool(
+                "bundle",
+                root,
+                &["config", "set", "--global", source, &value],
+            ))
+            .await;
         }
         GemCredentials::UrlUserinfo => {
             gemfile_source = source.replacen("://", &format!("://__token__:{GEM_READER}@"), 1);
@@ -889,9 +940,19 @@ async fn bundle_on_old_gitlab_through_the_proxy() {
     ] {
         let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, visibility, gems.clone()).await;
         let root = dir.path().join(format!("direct-{visibility:?}"));
-        let direct = bundle_commands(&root, &rubygems_url(&fake.url()), &TOOL_GEMFILE, credentials, false).await;
+        let direct = bundle_commands(
+            &root,
+            &rubygems_url(&fake.url()),
+            &TOOL_GEMFILE,
+            credentials,
+            false,
+        )
+        .await;
         let direct = direct.expect_err("bundle against GitLab < 19.1 directly fails");
-        eprintln!("directly against GitLab ({visibility:?}):\n{}", direct.report);
+        eprintln!(
+            "directly against GitLab ({visibility:?}):\n{}",
+            direct.report
+        );
     }
 
     let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems.clone()).await;
@@ -900,7 +961,10 @@ async fn bundle_on_old_gitlab_through_the_proxy() {
         fake,
         &TOOL_GEMFILE,
         &tool_described(),
-        [GemCredentials::ConfigUserToken, GemCredentials::ConfigBareToken],
+        [
+            GemCredentials::ConfigUserToken,
+            GemCredentials::ConfigBareToken,
+        ],
     )
     .await;
     assert_eq!(downloaded_gems(&first_wire), names(&ALL_RUNTIME));
@@ -944,7 +1008,10 @@ async fn bundle_on_gitlab_19_1_through_the_proxy() {
         gem_gitlab(gems).await,
         &TOOL_GEMFILE,
         &tool_described(),
-        [GemCredentials::ConfigUserToken, GemCredentials::ConfigBareToken],
+        [
+            GemCredentials::ConfigUserToken,
+            GemCredentials::ConfigBareToken,
+        ],
     )
     .await;
     assert_eq!(downloaded_gems(&first_wire), names(&ALL_RUNTIME));
@@ -1107,9 +1174,10 @@ async fn gem_fetch(root: &Path, source: &str) -> Result<Vec<u8>, String> {
         root,
         &["fetch", "gpc_core", "--clear-sources", "--source", source],
     );
-    let finished = tokio::task::spawn_blocking(move || commands::run_unchecked(&mut command, TIMEOUT))
-        .await
-        .expect("gem fetch");
+    let finished =
+        tokio::task::spawn_blocking(move || commands::run_unchecked(&mut command, TIMEOUT))
+            .await
+            .expect("gem fetch");
     match std::fs::read(root.join("app/gpc_core-2.0.0.gem")) {
         Ok(bytes) if finished.success() => Ok(bytes),
         _ => Err(finished.report),
@@ -1140,35 +1208,66 @@ async fn gem_install_and_fetch_on_old_gitlab_through_the_proxy() {
     let mut install = ruby_tool(
         "gem",
         &root,
-        &["install", "gpc_web", "--clear-sources", "--source", &source, "--no-document"],
+        &[
+            "install",
+            "gpc_web",
+            "--clear-sources",
+            "--source",
+            &source,
+            "--no-document",
+        ],
     );
-    let install = tokio::task::spawn_blocking(move || commands::run_unchecked(&mut install, TIMEOUT))
-        .await
-        .expect("gem install");
+    let install =
+        tokio::task::spawn_blocking(move || commands::run_unchecked(&mut install, TIMEOUT))
+            .await
+            .expect("gem install");
     assert!(!install.success(), "{}", install.report);
     gem_fetch(&dir.path().join("direct-fetch"), &source)
         .await
         .expect_err("gem fetch against GitLab < 19.1 directly fails");
     drop(fake);
 
-    let stack = Stack::start(gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems).await, None).await;
+    let stack = Stack::start(
+        gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems).await,
+        None,
+    )
+    .await;
     let source = with_credentials(&stack.proxy.url());
     let mut runs = Vec::new();
     for run_name in ["first", "second"] {
-        let install = gem_install_run(&dir.path().join(format!("{run_name}-install")), &source).await;
-        assert!(install.installed.contains("gpc_web (0.5.0)"), "{}", install.installed);
-        assert!(!install.installed.contains("gpc_devtool"), "{}", install.installed);
+        let install =
+            gem_install_run(&dir.path().join(format!("{run_name}-install")), &source).await;
+        assert!(
+            install.installed.contains("gpc_web (0.5.0)"),
+            "{}",
+            install.installed
+        );
+        assert!(
+            !install.installed.contains("gpc_devtool"),
+            "{}",
+            install.installed
+        );
         let root = dir.path().join(format!("{run_name}-fetch"));
-        let file = gem_fetch(&root, &source).await.unwrap_or_else(|report| panic!("{report}"));
+        let file = gem_fetch(&root, &source)
+            .await
+            .unwrap_or_else(|report| panic!("{report}"));
         assert_eq!(file, expected);
-        runs.push(stack.end_run(&format!("gem install and fetch, old GitLab, {run_name} run")));
+        runs.push(stack.end_run(&format!(
+            "gem install and fetch, old GitLab, {run_name} run"
+        )));
     }
     let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
     for (method, path) in [
         ("HEAD", format!("{base}/")),
         ("GET", format!("{base}/info/gpc_web")),
-        ("GET", format!("{base}/quick/Marshal.4.8/gpc_web-0.5.0.gemspec.rz")),
-        ("GET", format!("{base}/quick/Marshal.4.8/gpc_core-2.0.0.gemspec.rz")),
+        (
+            "GET",
+            format!("{base}/quick/Marshal.4.8/gpc_web-0.5.0.gemspec.rz"),
+        ),
+        (
+            "GET",
+            format!("{base}/quick/Marshal.4.8/gpc_core-2.0.0.gemspec.rz"),
+        ),
         ("GET", format!("{base}/latest_specs.4.8.gz")),
         ("GET", format!("{base}/gems/gpc_core-2.0.0.gem")),
     ] {

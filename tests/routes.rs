@@ -247,8 +247,6 @@ fn every_route() -> Vec<RouteCase> {
             format!("{GEMS}/api/v1/dependencies?gems=foo,bar"),
             true,
         ),
-        route("compact index versions", format!("{GEMS}/versions"), false),
-        route("compact index names", format!("{GEMS}/names"), false),
         post(
             "gem push",
             format!("{GEMS}/api/v1/gems"),
@@ -812,8 +810,6 @@ async fn routes_gitlab_does_not_have_are_404_locally() {
         ("GET", format!("{module}/@v/v1.2.0-Beta.info")),
         ("GET", format!("{module}/@v/v1.0.0.tar.gz")),
         ("GET", format!("{module}/@v/")),
-        ("GET", format!("{GEMS}/info/foo")),
-        ("GET", format!("{GEMS}/")),
         ("GET", format!("{GEMS}/api/v1/dependencies.json")),
         ("GET", format!("{GEMS}/api/v1/gems/foo.json")),
         ("GET", format!("{GEMS}/gems/")),

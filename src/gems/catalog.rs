@@ -80,7 +80,9 @@ impl Catalog {
         }
         Catalog {
             versions: Bytes::from(compact_index::versions_body(created_at, &entries)),
-            names: Bytes::from(compact_index::names_body(by_name.keys().map(String::as_str))),
+            names: Bytes::from(compact_index::names_body(
+                by_name.keys().map(String::as_str),
+            )),
             infos,
             specs,
             tuples,
@@ -130,7 +132,9 @@ impl Catalogs {
                 .max_capacity(10_000)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
-            read: moka::future::Cache::builder().max_capacity(1_000_000).build(),
+            read: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .build(),
             fetches: Arc::new(Semaphore::new(GEM_FETCHES)),
         }
     }
@@ -162,7 +166,10 @@ impl Catalogs {
             .try_collect()
             .await?;
         let created_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        Ok(Catalog::new(indexed.into_iter().flatten().collect(), &created_at))
+        Ok(Catalog::new(
+            indexed.into_iter().flatten().collect(),
+            &created_at,
+        ))
     }
 
     /// One listed version's metadata; `None` when GitLab has no such `.gem` (yet) or the
@@ -395,7 +402,8 @@ async fn list_packages(source: &Source<'_>) -> Result<Option<Vec<(String, String
         for package in packages {
             let field = |name: &str| package.get(name).and_then(|v| v.as_str());
             let installable = field("status").is_none_or(|s| s == "default");
-            if let (Some(name), Some(version), true) = (field("name"), field("version"), installable)
+            if let (Some(name), Some(version), true) =
+                (field("name"), field("version"), installable)
             {
                 if field("package_type").is_none_or(|t| t == "rubygems") {
                     listed.push((name.to_owned(), version.to_owned()));

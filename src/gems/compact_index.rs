@@ -59,7 +59,11 @@ pub fn info_line(version: &IndexedVersion) -> String {
         let _ = write!(line, ",ruby:{}", joined(&spec.required_ruby_version));
     }
     if !spec.required_rubygems_version.is_default() {
-        let _ = write!(line, ",rubygems:{}", joined(&spec.required_rubygems_version));
+        let _ = write!(
+            line,
+            ",rubygems:{}",
+            joined(&spec.required_rubygems_version)
+        );
     }
     line
 }
@@ -179,7 +183,11 @@ mod tests {
     use super::*;
     use crate::gems::gem_file::Dependency;
 
-    fn version(v: &str, deps: &[(&str, &[(&str, &str)], bool)], ruby: &[(&str, &str)]) -> IndexedVersion {
+    fn version(
+        v: &str,
+        deps: &[(&str, &[(&str, &str)], bool)],
+        ruby: &[(&str, &str)],
+    ) -> IndexedVersion {
         let req = |pairs: &[(&str, &str)]| {
             Requirement(
                 pairs
@@ -222,10 +230,16 @@ mod tests {
         );
         assert_eq!(
             info_line(&v),
-            format!("2.0.0 alpha:>= 0,zeta:< 3&>= 1.0|checksum:{},ruby:>= 2.5", "ab".repeat(32))
+            format!(
+                "2.0.0 alpha:>= 0,zeta:< 3&>= 1.0|checksum:{},ruby:>= 2.5",
+                "ab".repeat(32)
+            )
         );
         let bare = version("1.0", &[], &[]);
-        assert_eq!(info_line(&bare), format!("1.0 |checksum:{}", "ab".repeat(32)));
+        assert_eq!(
+            info_line(&bare),
+            format!("1.0 |checksum:{}", "ab".repeat(32))
+        );
         let mut platform = bare.clone();
         platform.spec.platform = "x86_64-linux".to_owned();
         assert!(info_line(&platform).starts_with("1.0-x86_64-linux |"));
@@ -273,6 +287,8 @@ mod tests {
         assert!(if_none_match(&md5_hex(body), &tag));
         assert!(if_none_match(&format!("\"x\", {tag}"), &tag));
         assert!(!if_none_match("\"x\"", &tag));
-        assert!(repr_digest(b"").starts_with("sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"));
+        assert!(
+            repr_digest(b"").starts_with("sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
+        );
     }
 }

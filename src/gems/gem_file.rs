@@ -181,9 +181,13 @@ pub fn parse_spec_yaml(text: &str) -> Result<GemSpec, GemFileError> {
             .and_then(text_of)
             .and_then(|d| d.get(..10).map(str::to_owned))
             .filter(|d| {
-                d.bytes()
-                    .enumerate()
-                    .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() })
+                d.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
             }),
         rubygems_version: get(root, "rubygems_version").and_then(text_of),
     })

@@ -23,7 +23,10 @@ const DEFAULT_RUBYGEMS_VERSION: &str = "3.3.15";
 /// `Gem::Requirement`: `marshal_dump` is `[[[op, Gem::Version], …]]`.
 fn requirement(requirement: &Requirement) -> Value {
     let pairs: Vec<Value> = if requirement.0.is_empty() {
-        vec![Value::Array(vec![Value::str(">="), Value::gem_version("0")])]
+        vec![Value::Array(vec![
+            Value::str(">="),
+            Value::gem_version("0"),
+        ])]
     } else {
         requirement
             .0
@@ -61,7 +64,12 @@ fn dump_fields(spec: &GemSpec) -> Value {
                 ),
                 (
                     "@prerelease".to_owned(),
-                    Value::Bool(d.requirement.0.iter().any(|(_, v)| version::is_prerelease(v))),
+                    Value::Bool(
+                        d.requirement
+                            .0
+                            .iter()
+                            .any(|(_, v)| version::is_prerelease(v)),
+                    ),
                 ),
             ],
         })
@@ -205,8 +213,11 @@ mod tests {
     fn gemspec_is_deflated_marshal_of_a_user_defined_spec() {
         let rz = gemspec_rz(&sample()).unwrap();
         let mut inflated = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(rz.as_slice()), &mut inflated)
-            .unwrap();
+        std::io::Read::read_to_end(
+            &mut flate2::read::ZlibDecoder::new(rz.as_slice()),
+            &mut inflated,
+        )
+        .unwrap();
         let Value::UserDefined { class, data } = marshal::load(&inflated).unwrap() else {
             panic!("not a _dump object");
         };
@@ -222,7 +233,12 @@ mod tests {
     #[test]
     fn latest_keeps_the_newest_release_of_each_name() {
         let t = |n: &str, v: &str| (n.to_owned(), v.to_owned(), "ruby".to_owned());
-        let tuples = [t("b", "1.10"), t("b", "1.9"), t("a", "2.0.rc1"), t("a", "1.0")];
+        let tuples = [
+            t("b", "1.10"),
+            t("b", "1.9"),
+            t("a", "2.0.rc1"),
+            t("a", "1.0"),
+        ];
         let read = |kind| {
             let gz = spec_index(kind, &tuples).unwrap();
             let mut raw = Vec::new();
@@ -231,11 +247,19 @@ mod tests {
             marshal::load(&raw).unwrap()
         };
         let entry = |n: &str, v: &str| {
-            Value::Array(vec![Value::str(n), Value::gem_version(v), Value::str("ruby")])
+            Value::Array(vec![
+                Value::str(n),
+                Value::gem_version(v),
+                Value::str("ruby"),
+            ])
         };
         assert_eq!(
             read(IndexKind::Specs),
-            Value::Array(vec![entry("a", "1.0"), entry("b", "1.9"), entry("b", "1.10")])
+            Value::Array(vec![
+                entry("a", "1.0"),
+                entry("b", "1.9"),
+                entry("b", "1.10")
+            ])
         );
         assert_eq!(
             read(IndexKind::Latest),

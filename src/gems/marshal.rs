@@ -34,9 +34,15 @@ pub enum Value {
         ivars: Vec<(String, Value)>,
     },
     /// `U`: an object whose class defines `marshal_dump`; `data` is what it returned.
-    UserMarshal { class: String, data: Box<Value> },
+    UserMarshal {
+        class: String,
+        data: Box<Value>,
+    },
     /// `u`: an object whose class defines `_dump`; `data` is the string it returned.
-    UserDefined { class: String, data: Vec<u8> },
+    UserDefined {
+        class: String,
+        data: Vec<u8>,
+    },
 }
 
 impl Value {
@@ -261,7 +267,10 @@ impl Reader<'_> {
 
     fn take(&mut self, n: usize) -> Result<&[u8], MarshalError> {
         let end = self.at.checked_add(n).ok_or(MarshalError::Truncated)?;
-        let slice = self.input.get(self.at..end).ok_or(MarshalError::Truncated)?;
+        let slice = self
+            .input
+            .get(self.at..end)
+            .ok_or(MarshalError::Truncated)?;
         self.at = end;
         Ok(slice)
     }
@@ -553,7 +562,10 @@ pub(crate) mod tests {
                 // Keys are distinct: Ruby keeps one entry per key.
                 proptest::collection::btree_map("[a-z]{1,4}", inner.clone(), 0..4).prop_map(
                     |pairs| Value::Hash(
-                        pairs.into_iter().map(|(k, v)| (Value::Symbol(k), v)).collect()
+                        pairs
+                            .into_iter()
+                            .map(|(k, v)| (Value::Symbol(k), v))
+                            .collect()
                     )
                 ),
                 proptest::collection::btree_map("@[a-z]{1,5}", inner, 0..3).prop_map(|ivars| {

@@ -86,7 +86,16 @@ mod tests {
     #[test]
     fn ordering_follows_rubygems() {
         let sorted = [
-            "0.9", "1.0.a", "1.0.b1", "1.0.rc", "1.0", "1.0.1", "1.1", "1.10", "2.0.0-pre", "2",
+            "0.9",
+            "1.0.a",
+            "1.0.b1",
+            "1.0.rc",
+            "1.0",
+            "1.0.1",
+            "1.1",
+            "1.10",
+            "2.0.0-pre",
+            "2",
         ];
         for pair in sorted.windows(2) {
             assert_eq!(compare(pair[0], pair[1]), Ordering::Less, "{pair:?}");

@@ -144,7 +144,9 @@ async fn package(
         return gems::with_fallback(state, &route, &decision, request, client).await;
     }
     match route.cache_class() {
-        CacheClass::Synthesized => gems::synthesized(state, &route, &decision, request, client).await,
+        CacheClass::Synthesized => {
+            gems::synthesized(state, &route, &decision, request, client).await
+        }
         CacheClass::Metadata => metadata::metadata(state, &route, &decision, request, client).await,
         CacheClass::Artifact => artifact::artifact(state, &route, &decision, request, client).await,
         CacheClass::PassThrough => relay::relay_route(state, &route, None, request, client).await,

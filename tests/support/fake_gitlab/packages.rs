@@ -61,19 +61,30 @@ pub(super) fn answer(instance: &Instance, call: &Call<'_>, project_id: &str) -> 
     };
     let total = all.len();
     let total_pages = total.div_ceil(per_page).max(1);
-    let items: Vec<&serde_json::Value> = all.iter().skip((page - 1) * per_page).take(per_page).collect();
+    let items: Vec<&serde_json::Value> = all
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
     let next = if page < total_pages {
         (page + 1).to_string()
     } else {
         String::new()
     };
-    let prev = if page > 1 { (page - 1).to_string() } else { String::new() };
+    let prev = if page > 1 {
+        (page - 1).to_string()
+    } else {
+        String::new()
+    };
     let body = serde_json::to_string(&items).expect("JSON of JSON values");
     Reply::new(StatusCode::OK, "application/json", body)
         .with_header(HeaderName::from_static("x-page"), &page.to_string())
         .with_header(HeaderName::from_static("x-per-page"), &per_page.to_string())
         .with_header(HeaderName::from_static("x-total"), &total.to_string())
-        .with_header(HeaderName::from_static("x-total-pages"), &total_pages.to_string())
+        .with_header(
+            HeaderName::from_static("x-total-pages"),
+            &total_pages.to_string(),
+        )
         .with_header(HeaderName::from_static("x-next-page"), &next)
         .with_header(HeaderName::from_static("x-prev-page"), &prev)
 }
