@@ -183,11 +183,10 @@ mod tests {
     use super::*;
     use crate::gems::gem_file::Dependency;
 
-    fn version(
-        v: &str,
-        deps: &[(&str, &[(&str, &str)], bool)],
-        ruby: &[(&str, &str)],
-    ) -> IndexedVersion {
+    /// `(name, constraints, runtime?)`.
+    type Dep<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+
+    fn version(v: &str, deps: &[Dep<'_>], ruby: &[(&str, &str)]) -> IndexedVersion {
         let req = |pairs: &[(&str, &str)]| {
             Requirement(
                 pairs
