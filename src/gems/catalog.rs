@@ -132,9 +132,7 @@ impl Catalogs {
                 .max_capacity(10_000)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
-            read: moka::future::Cache::builder()
-                .max_capacity(1_000_000)
-                .build(),
+            read: moka::future::Cache::builder().max_capacity(100_000).build(),
             fetches: Arc::new(Semaphore::new(GEM_FETCHES)),
         }
     }
