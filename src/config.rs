@@ -16,6 +16,9 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// Settings that are true or false.
+const BOOL_KEYS: [&str; 1] = ["store.s3.path_style"];
+
 /// Settings that are plain counts (everything else is text: durations, sizes, paths).
 const COUNT_KEYS: [&str; 3] = [
     "upstream.max_redirects",
@@ -34,6 +37,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the artifact store and the proxy's secret key.
     pub data_dir: PathBuf,
+    /// File holding the 32-byte key credentials are fingerprinted with. Unset: a key
+    /// generated under the data directory. Replicas sharing a bucket should share this key
+    /// (a mounted secret) so a fingerprint means the same caller on each of them.
+    pub credential_key_file: Option<PathBuf>,
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub server: ServerConfig,
@@ -130,6 +137,48 @@ pub struct StoreConfig {
     pub min_free_bytes: ByteSize,
     /// sled's page cache.
     pub sled_cache_bytes: ByteSize,
+    /// The shared S3-compatible tier behind the local store (off unless an endpoint is set).
+    pub s3: S3Config,
+}
+
+/// Where the shared artifact tier lives. Credentials come from `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` or from `credentials_file`, never from this file itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `http(s)://host[:port]` of the S3 API; unset means no shared tier.
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: String,
+    /// Prefix of every object key the proxy writes.
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as most self-hosted S3 servers want;
+    /// false for virtual-hosted style (`bucket.endpoint/key`).
+    pub path_style: bool,
+    /// AWS shared-credentials style file (`aws_access_key_id`, `aws_secret_access_key`);
+    /// used when the AWS environment variables are not set.
+    pub credentials_file: Option<PathBuf>,
+    /// How long a replica's claim to fetch an artifact from GitLab holds without renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Longest a replica waits for another replica's fetch before fetching itself.
+    #[serde(with = "humantime_serde")]
+    pub lease_wait: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".to_owned(),
+            prefix: "gitlab-pkg-cache".to_owned(),
+            path_style: true,
+            credentials_file: None,
+            lease_ttl: Duration::from_secs(30),
+            lease_wait: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Logging.
@@ -153,6 +202,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("gitlab-pkg-cache-data"),
+            credential_key_file: None,
             upstream: UpstreamConfig::default(),
             tls: TlsConfig::default(),
             server: ServerConfig::default(),
@@ -209,6 +259,7 @@ impl Default for StoreConfig {
             max_bytes: ByteSize::gib(20),
             min_free_bytes: ByteSize::gib(1),
             sled_cache_bytes: ByteSize::mib(64),
+            s3: S3Config::default(),
         }
     }
 }
@@ -337,9 +388,12 @@ impl Config {
         for (key, value) in overrides.pairs() {
             // Counts come in as text from flags and the environment; the TOML file and the
             // defaults hold them as numbers, so they are handed over as numbers too.
-            figment = match value.parse::<u64>() {
-                Ok(number) if COUNT_KEYS.contains(&key) => {
+            figment = match (value.parse::<u64>(), value.parse::<bool>()) {
+                (Ok(number), _) if COUNT_KEYS.contains(&key) => {
                     figment.merge(Serialized::global(key, number))
+                }
+                (_, Ok(flag)) if BOOL_KEYS.contains(&key) => {
+                    figment.merge(Serialized::global(key, flag))
                 }
                 _ => figment.merge(Serialized::global(key, value)),
             };
@@ -380,6 +434,23 @@ impl Config {
                 "upstream.failure_threshold must be at least 1".to_owned(),
             ));
         }
+        if let Some(endpoint) = &self.store.s3.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ConfigError::Invalid(
+                    "store.s3.endpoint must start with http:// or https://".to_owned(),
+                ));
+            }
+            if endpoint.contains('@') {
+                return Err(ConfigError::Invalid(
+                    "store.s3.endpoint must not contain credentials".to_owned(),
+                ));
+            }
+            if self.store.s3.bucket.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Invalid(
+                    "store.s3.endpoint is set but store.s3.bucket is not".to_owned(),
+                ));
+            }
+        }
         if self.cache.memory_entry_max_bytes > self.cache.memory_max_bytes {
             return Err(ConfigError::Invalid(
                 "cache.memory_entry_max_bytes exceeds cache.memory_max_bytes".to_owned(),
@@ -411,7 +482,9 @@ impl Config {
 
     /// Where the proxy keeps the key it fingerprints credentials with.
     pub fn key_path(&self) -> PathBuf {
-        self.data_dir.join("credential-hmac.key")
+        self.credential_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("credential-hmac.key"))
     }
 
     /// A configuration for tests: loopback listener, the given upstream and data directory.
@@ -706,6 +779,87 @@ pub struct Overrides {
         value_name = "SIZE"
     )]
     pub min_free_bytes: Option<String>,
+    /// S3 API endpoint of the shared artifact tier, e.g. http://minio:9000 (unset: none).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub s3_endpoint: Option<String>,
+    /// Bucket of the shared tier.
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_BUCKET",
+        value_name = "NAME"
+    )]
+    pub s3_bucket: Option<String>,
+    /// Region the bucket's requests are signed for [default: us-east-1].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_REGION",
+        value_name = "REGION"
+    )]
+    pub s3_region: Option<String>,
+    /// Prefix of the proxy's object keys [default: gitlab-pkg-cache].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_PREFIX",
+        value_name = "PREFIX"
+    )]
+    pub s3_prefix: Option<String>,
+    /// Path-style bucket URLs (true) or virtual-hosted style (false) [default: true].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_PATH_STYLE",
+        value_name = "BOOL"
+    )]
+    pub s3_path_style: Option<String>,
+    /// AWS-style credentials file for the bucket, if AWS_ACCESS_KEY_ID is not set.
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_CREDENTIALS_FILE",
+        value_name = "FILE"
+    )]
+    pub s3_credentials_file: Option<String>,
+    /// How long a replica's claim to fetch an artifact holds unrenewed [default: 30s].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_LEASE_TTL",
+        value_name = "DURATION"
+    )]
+    pub s3_lease_ttl: Option<String>,
+    /// Longest wait for another replica's fetch before fetching anyway [default: 60s].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_S3_LEASE_WAIT",
+        value_name = "DURATION"
+    )]
+    pub s3_lease_wait: Option<String>,
+    /// File with the 32-byte credential fingerprint key (share it between replicas).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_CREDENTIAL_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub credential_key_file: Option<String>,
     /// Log format.
     #[arg(
         long,
@@ -769,6 +923,15 @@ impl Overrides {
             "store.sled_cache_bytes" => sled_cache_bytes,
             "store.max_bytes" => cache_max_bytes,
             "store.min_free_bytes" => min_free_bytes,
+            "store.s3.endpoint" => s3_endpoint,
+            "store.s3.bucket" => s3_bucket,
+            "store.s3.region" => s3_region,
+            "store.s3.prefix" => s3_prefix,
+            "store.s3.path_style" => s3_path_style,
+            "store.s3.credentials_file" => s3_credentials_file,
+            "store.s3.lease_ttl" => s3_lease_ttl,
+            "store.s3.lease_wait" => s3_lease_wait,
+            "credential_key_file" => credential_key_file,
             "log.filter" => log,
         ];
         let format = self.log_format.map(|format| match format {
@@ -885,6 +1048,60 @@ mod tests {
         for (key, _, _) in Overrides::default().table() {
             let origin = origin_of(key).unwrap_or_else(|| panic!("{key} has no flag"));
             assert!(origin.contains(ENV_PREFIX), "{key}: {origin}");
+        }
+    }
+
+    #[test]
+    fn shared_tier_settings_come_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[upstream]\nurl = \"https://gitlab.example\"\n[store.s3]\nendpoint = \"http://s3.local:9000\"\nbucket = \"from-file\"\nprefix = \"office\"\n",
+        )
+        .unwrap();
+        let overrides = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--s3-bucket",
+            "from-flag",
+            "--s3-path-style",
+            "false",
+            "--s3-region",
+            "eu-central-1",
+            "--s3-lease-ttl",
+            "45s",
+            "--credential-key-file",
+            "/run/secrets/key",
+        ]);
+        let config = Config::load(&overrides).unwrap();
+        let s3 = &config.store.s3;
+        assert_eq!(s3.endpoint.as_deref(), Some("http://s3.local:9000"));
+        assert_eq!(s3.bucket.as_deref(), Some("from-flag"));
+        assert_eq!(s3.prefix, "office");
+        assert_eq!(s3.region, "eu-central-1");
+        assert!(!s3.path_style);
+        assert_eq!(s3.lease_ttl, Duration::from_secs(45));
+        assert_eq!(config.key_path(), PathBuf::from("/run/secrets/key"));
+
+        let plain = Config::from_toml("[upstream]\nurl = \"https://x\"").unwrap();
+        assert_eq!(plain.store.s3.endpoint, None, "no shared tier unless asked for");
+        assert!(plain.store.s3.path_style);
+        assert_eq!(plain.key_path(), plain.data_dir.join("credential-hmac.key"));
+
+        for (toml, needle) in [
+            ("[store.s3]\nendpoint = \"http://s3\"", "bucket"),
+            ("[store.s3]\nendpoint = \"s3.local\"\nbucket = \"b\"", "http://"),
+            (
+                "[store.s3]\nendpoint = \"http://key:secret@s3\"\nbucket = \"b\"",
+                "credentials",
+            ),
+            ("[store.s3]\naccess_key = \"x\"", "unknown"),
+        ] {
+            let toml = format!("[upstream]\nurl = \"https://x\"\n{toml}");
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml:?}: {err}");
+            assert!(!err.contains("secret"), "secret echoed: {err}");
         }
     }
 

@@ -17,10 +17,12 @@
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
 //! - [`auth`]: credential fingerprints and GitLab's remembered decisions; [`credentials`]
 //!   moves client credentials to where GitLab reads them.
-//! - [`cache`]: the memory tier, single-flight fills and cache outcomes.
+//! - [`cache`]: the memory tier, single-flight fills (within a replica, and across replicas
+//!   through leases in the shared bucket) and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes) from the gems' own metadata.
-//! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait.
+//! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
+//!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
 //! - [`upstream`]: the pooled client towards GitLab.
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
 //! - [`error`]: one error type and its one status map; [`body`]: body plumbing; [`tls`].

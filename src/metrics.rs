@@ -61,6 +61,41 @@ impl AuthResult {
     }
 }
 
+impl Metrics {
+    /// Registers the shared tier's counters (once, when the proxy runs with a bucket).
+    pub fn register_shared_tier(&self, stats: &crate::storage::SharedStats) {
+        let mut registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.register(
+            "shared_bucket_hits",
+            "Artifacts copied from the shared bucket into the local tier",
+            stats.bucket_hits.clone(),
+        );
+        registry.register(
+            "shared_commits_won",
+            "Fills whose reference this replica committed to the bucket",
+            stats.commits_won.clone(),
+        );
+        registry.register(
+            "shared_commits_lost",
+            "Fills that found another replica's reference already committed",
+            stats.commits_lost.clone(),
+        );
+        registry.register(
+            "shared_integrity_conflicts",
+            "Lost commits whose bytes differed from the stored ones (GitLab changed an artifact)",
+            stats.integrity_conflicts.clone(),
+        );
+        registry.register(
+            "shared_errors",
+            "Requests to the shared bucket that failed (the local tier carried on)",
+            stats.errors.clone(),
+        );
+    }
+}
+
 /// Point-in-time values read from the proxy's state when metrics are scraped.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Snapshot {

@@ -8,12 +8,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{FingerprintKey, Gate};
 use crate::cache::fill::Fills;
 use crate::cache::flight::Flights;
+use crate::cache::lease::Leases;
 use crate::cache::memory::MemoryTier;
-use crate::config::Config;
+use crate::config::{Config, S3Config};
 use crate::error::Error;
 use crate::gems::catalog::Catalogs;
 use crate::metrics::Metrics;
-use crate::storage::{ArtifactStore, SledStore, Store};
+use crate::storage::s3::{Bucket, S3Credentials, S3Settings};
+use crate::storage::{ArtifactStore, SledStore, Store, TieredStore};
 use crate::tls;
 use crate::upstream::Upstream;
 
@@ -37,10 +39,13 @@ pub struct AppState {
     pub catalogs: Catalogs,
     /// Set when the proxy serves HTTPS.
     pub tls: Option<TlsAcceptor>,
+    /// Set when replicas share a bucket: who fetches an artifact from GitLab.
+    pub leases: Option<Leases>,
 }
 
 impl AppState {
-    /// Builds the state with the sled store under the data directory.
+    /// Builds the state with the sled store under the data directory, in front of the shared
+    /// bucket when `store.s3.endpoint` is set.
     pub fn build(config: Config) -> Result<Arc<AppState>, Error> {
         let store = SledStore::open(&config.store_path(), config.store.sled_cache_bytes.as_u64())
             .map_err(|e| {
@@ -49,7 +54,18 @@ impl AppState {
                 config.store_path().display()
             ))
         })?;
-        AppState::build_with_store(config, Arc::new(store))
+        if config.store.s3.endpoint.is_none() {
+            return AppState::build_with_store(config, Arc::new(store));
+        }
+        let bucket = open_bucket(&config.store.s3)?;
+        let tiered = Arc::new(TieredStore::new(
+            store,
+            Arc::new(bucket),
+            config.eviction_policy(),
+        ));
+        let leases = Leases::new(&tiered, config.store.s3.lease_ttl, config.store.s3.lease_wait);
+        let state = AppState::assemble(config, tiered, Some(leases))?;
+        Ok(state)
     }
 
     /// Builds the state around a given store: reads (or creates) the fingerprint key under
@@ -58,6 +74,25 @@ impl AppState {
         config: Config,
         store: Arc<dyn ArtifactStore>,
     ) -> Result<Arc<AppState>, Error> {
+        AppState::assemble(config, store, None)
+    }
+
+    fn assemble(
+        config: Config,
+        store: Arc<dyn ArtifactStore>,
+        leases: Option<Leases>,
+    ) -> Result<Arc<AppState>, Error> {
+        if let Some(path) = &config.credential_key_file {
+            // A configured key is a shared secret: generating one here would silently give
+            // this replica a key of its own.
+            if !path.exists() {
+                return Err(Error::Internal(format!(
+                    "credential key file {} does not exist (create 32 random bytes, e.g. \
+                     head -c 32 /dev/urandom, and give every replica the same file)",
+                    path.display()
+                )));
+            }
+        }
         let key = FingerprintKey::load_or_create(&config.key_path()).map_err(|e| {
             Error::Internal(format!(
                 "fingerprint key {}: {e}",
@@ -69,6 +104,9 @@ impl AppState {
             _ => None,
         };
         let metrics = Arc::new(Metrics::new());
+        if let Some(leases) = &leases {
+            metrics.register_shared_tier(leases.stats());
+        }
         let upstream = Upstream::new(
             &config.upstream,
             config.upstream_url().clone(),
@@ -94,7 +132,43 @@ impl AppState {
             key,
             upstream,
             tls,
+            leases,
             config,
         }))
     }
+}
+
+/// Connects to the shared bucket and checks that it enforces create-only writes.
+fn open_bucket(s3: &S3Config) -> Result<Bucket, Error> {
+    let credentials = match S3Credentials::from_env() {
+        Some(credentials) => credentials,
+        None => match &s3.credentials_file {
+            Some(file) => S3Credentials::from_file(file).map_err(Error::Internal)?,
+            None => {
+                return Err(Error::Internal(
+                    "store.s3.endpoint is set but no credentials are: set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, or store.s3.credentials_file"
+                        .to_owned(),
+                ))
+            }
+        },
+    };
+    let settings = S3Settings {
+        endpoint: s3.endpoint.clone().unwrap_or_default(),
+        bucket: s3.bucket.clone().unwrap_or_default(),
+        region: s3.region.clone(),
+        prefix: s3.prefix.clone(),
+        path_style: s3.path_style,
+        credentials,
+    };
+    let bucket = Bucket::open(&settings)
+        .map_err(|e| Error::Internal(format!("shared store {}: {e}", settings.endpoint)))?;
+    bucket.probe_conditional_writes().map_err(|e| {
+        Error::Internal(format!(
+            "shared store {} bucket {}: {e}",
+            settings.endpoint, settings.bucket
+        ))
+    })?;
+    tracing::info!(endpoint = %settings.endpoint, bucket = %settings.bucket, prefix = %settings.prefix, "shared artifact tier on");
+    Ok(bucket)
 }

@@ -147,6 +147,15 @@ impl Fills {
         &self.metrics
     }
 
+    /// The progress of the fill of `key` in flight here, if there is one.
+    pub fn progress(&self, key: &str) -> Option<watch::Receiver<Progress>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
     /// Fills in flight now (for metrics).
     pub fn in_flight(&self) -> usize {
         self.inflight

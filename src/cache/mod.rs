@@ -2,6 +2,7 @@
 
 pub mod fill;
 pub mod flight;
+pub mod lease;
 pub mod memory;
 
 /// How a request was served; sent as `x-cache` and logged.

@@ -17,6 +17,7 @@ use crate::auth::DecisionKey;
 use crate::body::{self, Body};
 use crate::cache::fill::{Joined, Leader, NotStarted, Progress, Reader};
 use crate::cache::memory::keep_header;
+use crate::cache::lease::Claim;
 use crate::cache::CacheOutcome;
 use crate::error::Error;
 use crate::route::PackageRoute;
@@ -90,12 +91,30 @@ pub(super) async fn artifact(
     if head {
         return relay_route(state, route, Some(decision), request, client).await;
     }
+    // Replicas sharing a bucket: one of them fetches from GitLab, the others wait for it.
+    let mut lease = None;
+    if let Some(leases) = &state.leases {
+        match leases.claim(&key, &state.fills).await {
+            Claim::Lead(guard) => lease = Some(guard),
+            Claim::Committed => {
+                if let Ok(Some(_)) = store.lookup(&key).await {
+                    // Now in the local tier: served (and authorized) as a hit.
+                    return Box::pin(artifact(state, route, decision, request, client)).await;
+                }
+            }
+            Claim::Fetch => {}
+        }
+    }
     // A fill that never starts or breaks for its leader is retried once with this caller
     // leading; after that the caller is served straight from GitLab.
     for _ in 0..2 {
         match state.fills.join(&key) {
             Joined::Leader(leader) => {
-                return lead(state, route, decision, headers, key, leader).await
+                let handled = lead(state, route, decision, headers, key.clone(), leader).await;
+                if let Some(lease) = lease {
+                    lease.hold_until_settled(&state.fills, &key);
+                }
+                return handled;
             }
             Joined::Waiter(progress) => {
                 if let Some(handled) =

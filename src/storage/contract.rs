@@ -1,4 +1,6 @@
-//! The `ArtifactStore` contract, written once and run against `MemoryStore` and `SledStore`.
+//! The `ArtifactStore` contract, written once and run against `MemoryStore`, `SledStore` and
+//! `TieredStore` (sled in front of a real S3 server; the cases that hold for a hot tier whose
+//! bucket keeps what the hot tier evicts, replaces or loses a commit race for).
 
 use std::collections::HashSet;
 
@@ -9,8 +11,28 @@ use super::codec;
 use super::engine::{Backend, Engine, Tree};
 use super::{
     ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, MemoryStore,
-    SledStore, StoreError, Usage, FORMAT_VERSION,
+    SledStore, StoreError, TieredStore, Usage, FORMAT_VERSION,
 };
+
+/// A store under test, with a way to reach the bytes its local tier keeps.
+pub(super) trait Subject: ArtifactStore {
+    type Raw: Backend;
+    fn raw_backend(&self) -> &Self::Raw;
+}
+
+impl<B: Backend> Subject for Engine<B> {
+    type Raw = B;
+    fn raw_backend(&self) -> &B {
+        self.raw()
+    }
+}
+
+impl<B: Backend> Subject for TieredStore<Engine<B>> {
+    type Raw = B;
+    fn raw_backend(&self) -> &B {
+        self.local().raw()
+    }
+}
 
 pub(super) fn temp_sled() -> (SledStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -42,9 +64,9 @@ pub(super) fn read_all(s: &dyn ArtifactStore, meta: &ArtifactMeta) -> Vec<u8> {
 }
 
 /// Chunks physically present, whether or not the store would still serve them.
-pub(super) fn chunks_on_disk<B: Backend>(s: &Engine<B>, fill: FillId) -> usize {
+pub(super) fn chunks_on_disk<S: Subject>(s: &S, fill: FillId) -> usize {
     let mut count = 0;
-    s.raw()
+    s.raw_backend()
         .scan(Tree::Chunks, &codec::fill_key(fill), &mut |_, _| count += 1)
         .unwrap();
     count
@@ -96,12 +118,70 @@ mod sled_store {
     contract_tests!(temp_sled());
 }
 
-fn lookup_of_absent_key_is_none<B: Backend>(s: &Engine<B>) {
+/// Runs the contract against sled in front of a real S3 server (SeaweedFS, started once per
+/// test binary), each case under a bucket prefix of its own.
+mod tiered {
+    use super::*;
+
+    contract_tests!(@cases match temp_tiered() { Some(subject) => subject, None => return };
+        lookup_of_absent_key_is_none,
+        committed_artifact_reads_back,
+        in_progress_fill_is_readable_but_invisible,
+        commit_with_wrong_length_is_rejected,
+        commit_with_wrong_sha_is_rejected_and_keeps_old_artifact,
+        out_of_order_write_is_rejected,
+        abort_leaves_nothing,
+        remove_unpublishes_and_deletes_chunks,
+        pin_defers_deletion_on_remove,
+        pin_defers_deletion_on_replace,
+        pin_defers_deletion_on_evict,
+        pin_defers_deletion_on_abort,
+        pin_of_deleted_fill_is_none,
+        records_put_get_remove,
+        damaged_chunk_reads_as_corrupt,
+        concurrent_commits_keep_disk_and_memory_in_step,
+    );
+}
+
+#[path = "../../tests/support/s3_server.rs"]
+pub(super) mod s3_server;
+
+/// Settings for a fresh prefix on the test S3 server; `None` when S3 tests are skipped.
+pub(super) fn test_bucket_settings() -> Option<super::s3::S3Settings> {
+    let server = s3_server::server()?;
+    Some(super::s3::S3Settings {
+        endpoint: server.endpoint.clone(),
+        bucket: s3_server::BUCKET.to_owned(),
+        region: "us-east-1".to_owned(),
+        prefix: s3_server::unique_prefix(),
+        path_style: true,
+        credentials: super::s3::S3Credentials {
+            access_key_id: s3_server::ACCESS_KEY.to_owned(),
+            secret_access_key: s3_server::SECRET_KEY.to_owned(),
+            session_token: None,
+        },
+    })
+}
+
+pub(super) fn temp_tiered_on(
+    settings: &super::s3::S3Settings,
+) -> (TieredStore<SledStore>, tempfile::TempDir) {
+    let (local, dir) = temp_sled();
+    let bucket = super::s3::Bucket::open(settings).unwrap();
+    let store = TieredStore::new(local, std::sync::Arc::new(bucket), EvictionPolicy::default());
+    (store, dir)
+}
+
+pub(super) fn temp_tiered() -> Option<(TieredStore<SledStore>, tempfile::TempDir)> {
+    Some(temp_tiered_on(&test_bucket_settings()?))
+}
+
+fn lookup_of_absent_key_is_none<S: Subject>(s: &S) {
     assert_eq!(s.lookup("golang.org/x/mod/@v/v0.1.0.zip").unwrap(), None);
     assert!(s.lookup_pinned("absent").unwrap().is_none());
 }
 
-fn committed_artifact_reads_back<B: Backend>(s: &Engine<B>) {
+fn committed_artifact_reads_back<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"hello ", b"world"]);
     assert_eq!(meta.len, 11);
     assert_eq!(meta.chunk_count, 2);
@@ -121,7 +201,7 @@ fn committed_artifact_reads_back<B: Backend>(s: &Engine<B>) {
     assert_eq!(s.lookup("empty").unwrap(), Some(empty));
 }
 
-fn in_progress_fill_is_readable_but_invisible<B: Backend>(s: &Engine<B>) {
+fn in_progress_fill_is_readable_but_invisible<S: Subject>(s: &S) {
     let fill = s.begin_fill("k").unwrap();
     let _pin = s.pin(fill).unwrap();
     s.write_chunk(fill, 0, b"first").unwrap();
@@ -137,7 +217,7 @@ fn in_progress_fill_is_readable_but_invisible<B: Backend>(s: &Engine<B>) {
     assert_eq!(s.read_chunk(fill, 1).unwrap().unwrap(), "second");
 }
 
-fn commit_with_wrong_length_is_rejected<B: Backend>(s: &Engine<B>) {
+fn commit_with_wrong_length_is_rejected<S: Subject>(s: &S) {
     let fill = s.begin_fill("k").unwrap();
     s.write_chunk(fill, 0, b"truncated").unwrap();
     let err = s
@@ -161,7 +241,7 @@ fn commit_with_wrong_length_is_rejected<B: Backend>(s: &Engine<B>) {
     );
 }
 
-fn commit_with_wrong_sha_is_rejected_and_keeps_old_artifact<B: Backend>(s: &Engine<B>) {
+fn commit_with_wrong_sha_is_rejected_and_keeps_old_artifact<S: Subject>(s: &S) {
     let old = store_artifact(s, "k", &[b"good"]);
     let fill = s.begin_fill("k").unwrap();
     s.write_chunk(fill, 0, b"evil").unwrap();
@@ -179,7 +259,7 @@ fn commit_with_wrong_sha_is_rejected_and_keeps_old_artifact<B: Backend>(s: &Engi
     assert_eq!(chunks_on_disk(s, fill), 0);
 }
 
-fn out_of_order_write_is_rejected<B: Backend>(s: &Engine<B>) {
+fn out_of_order_write_is_rejected<S: Subject>(s: &S) {
     let fill = s.begin_fill("k").unwrap();
     let skipped = StoreError::OutOfOrder {
         fill,
@@ -203,7 +283,7 @@ fn out_of_order_write_is_rejected<B: Backend>(s: &Engine<B>) {
     );
 }
 
-fn abort_leaves_nothing<B: Backend>(s: &Engine<B>) {
+fn abort_leaves_nothing<S: Subject>(s: &S) {
     let fill = s.begin_fill("k").unwrap();
     s.write_chunk(fill, 0, b"partial").unwrap();
     s.abort_fill(fill);
@@ -222,7 +302,7 @@ fn abort_leaves_nothing<B: Backend>(s: &Engine<B>) {
     assert_eq!(read_all(s, &committed), b"x");
 }
 
-fn replacement_publishes_new_fill_and_drops_old<B: Backend>(s: &Engine<B>) {
+fn replacement_publishes_new_fill_and_drops_old<S: Subject>(s: &S) {
     let old = store_artifact(s, "k", &[b"old"]);
     let new = store_artifact(s, "k", &[b"newer"]);
     assert_ne!(old.fill, new.fill);
@@ -239,7 +319,7 @@ fn replacement_publishes_new_fill_and_drops_old<B: Backend>(s: &Engine<B>) {
     );
 }
 
-fn remove_unpublishes_and_deletes_chunks<B: Backend>(s: &Engine<B>) {
+fn remove_unpublishes_and_deletes_chunks<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"data"]);
     assert!(s.remove("k").unwrap());
     assert!(!s.remove("k").unwrap());
@@ -251,7 +331,7 @@ fn remove_unpublishes_and_deletes_chunks<B: Backend>(s: &Engine<B>) {
 
 /// Pins `k`'s fill twice, lets `unpublish` drop the artifact, and checks the chunks outlive
 /// the first pin but not the second.
-fn assert_pin_defers_deletion<B: Backend>(s: &Engine<B>, unpublish: impl FnOnce(&Engine<B>)) {
+fn assert_pin_defers_deletion<S: Subject>(s: &S, unpublish: impl FnOnce(&S)) {
     let meta = store_artifact(s, "k", &[b"one", b"two"]);
     let first = s.pin(meta.fill).unwrap();
     let second = s.pin(meta.fill).unwrap();
@@ -270,17 +350,17 @@ fn assert_pin_defers_deletion<B: Backend>(s: &Engine<B>, unpublish: impl FnOnce(
     assert_eq!(chunks_on_disk(s, meta.fill), 0);
 }
 
-fn pin_defers_deletion_on_remove<B: Backend>(s: &Engine<B>) {
+fn pin_defers_deletion_on_remove<S: Subject>(s: &S) {
     assert_pin_defers_deletion(s, |s| assert!(s.remove("k").unwrap()));
 }
 
-fn pin_defers_deletion_on_replace<B: Backend>(s: &Engine<B>) {
+fn pin_defers_deletion_on_replace<S: Subject>(s: &S) {
     assert_pin_defers_deletion(s, |s| {
         store_artifact(s, "k", &[b"replacement"]);
     });
 }
 
-fn pin_defers_deletion_on_evict<B: Backend>(s: &Engine<B>) {
+fn pin_defers_deletion_on_evict<S: Subject>(s: &S) {
     assert_pin_defers_deletion(s, |s| {
         let policy = EvictionPolicy {
             max_bytes: Some(0),
@@ -297,7 +377,7 @@ fn pin_defers_deletion_on_evict<B: Backend>(s: &Engine<B>) {
     });
 }
 
-fn pin_defers_deletion_on_abort<B: Backend>(s: &Engine<B>) {
+fn pin_defers_deletion_on_abort<S: Subject>(s: &S) {
     let fill = s.begin_fill("k").unwrap();
     let pin = s.pin(fill).unwrap();
     s.write_chunk(fill, 0, b"partial").unwrap();
@@ -309,7 +389,7 @@ fn pin_defers_deletion_on_abort<B: Backend>(s: &Engine<B>) {
     assert_eq!(chunks_on_disk(s, fill), 0);
 }
 
-fn pin_of_deleted_fill_is_none<B: Backend>(s: &Engine<B>) {
+fn pin_of_deleted_fill_is_none<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"x"]);
     s.remove("k").unwrap();
     assert!(s.pin(meta.fill).is_none());
@@ -320,7 +400,7 @@ fn pin_of_deleted_fill_is_none<B: Backend>(s: &Engine<B>) {
     assert_eq!((found.fill, pin.fill()), (current.fill, current.fill));
 }
 
-fn eviction_removes_least_recently_touched_first<B: Backend>(s: &Engine<B>) {
+fn eviction_removes_least_recently_touched_first<S: Subject>(s: &S) {
     let ten = [0u8; 10];
     for key in ["a", "b", "c"] {
         store_artifact(s, key, &[&ten]);
@@ -330,7 +410,7 @@ fn eviction_removes_least_recently_touched_first<B: Backend>(s: &Engine<B>) {
         max_bytes: Some(max_bytes),
         min_free_bytes: None,
     };
-    let present = |s: &Engine<B>| -> Vec<&str> {
+    let present = |s: &S| -> Vec<&str> {
         ["a", "b", "c", "d"]
             .into_iter()
             .filter(|key| s.lookup(key).unwrap().is_some())
@@ -362,7 +442,7 @@ fn eviction_removes_least_recently_touched_first<B: Backend>(s: &Engine<B>) {
     );
 }
 
-fn usage_tracks_commits_replacements_and_removals<B: Backend>(s: &Engine<B>) {
+fn usage_tracks_commits_replacements_and_removals<S: Subject>(s: &S) {
     assert_eq!(s.usage(), Usage::default());
     store_artifact(s, "a", &[b"12345"]);
     store_artifact(s, "b", &[b"123", b"45678"]);
@@ -394,7 +474,7 @@ fn usage_tracks_commits_replacements_and_removals<B: Backend>(s: &Engine<B>) {
     );
 }
 
-fn records_put_get_remove<B: Backend>(s: &Engine<B>) {
+fn records_put_get_remove<S: Subject>(s: &S) {
     assert_eq!(s.get_record("lists", b"mod").unwrap(), None);
     s.put_record("lists", b"mod", b"v1\nv2\n").unwrap();
     s.put_record("auth", b"mod", b"allow").unwrap();
@@ -416,35 +496,35 @@ fn records_put_get_remove<B: Backend>(s: &Engine<B>) {
     );
 }
 
-fn unknown_format_version_reads_as_absent<B: Backend>(s: &Engine<B>) {
+fn unknown_format_version_reads_as_absent<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"data"]);
     let mut future = codec::encode_meta(&meta).unwrap();
     future[0] = FORMAT_VERSION + 1;
-    s.raw().insert(Tree::Artifacts, b"k", future).unwrap();
+    s.raw_backend().insert(Tree::Artifacts, b"k", future).unwrap();
     assert_eq!(s.lookup("k").unwrap(), None);
-    assert_eq!(s.raw().get(Tree::Artifacts, b"k").unwrap(), None);
+    assert_eq!(s.raw_backend().get(Tree::Artifacts, b"k").unwrap(), None);
     assert_eq!(s.usage(), Usage::default());
     assert_eq!(chunks_on_disk(s, meta.fill), 0);
 
-    s.raw()
+    s.raw_backend()
         .insert(Tree::Artifacts, b"garbled", vec![FORMAT_VERSION, b'{'])
         .unwrap();
     assert_eq!(s.lookup("garbled").unwrap(), None);
 
     let key = codec::record_key("lists", b"r").unwrap();
-    s.raw()
+    s.raw_backend()
         .insert(Tree::Records, &key, vec![FORMAT_VERSION + 1, 1, 2])
         .unwrap();
     assert_eq!(s.get_record("lists", b"r").unwrap(), None);
-    assert_eq!(s.raw().get(Tree::Records, &key).unwrap(), None);
+    assert_eq!(s.raw_backend().get(Tree::Records, &key).unwrap(), None);
 }
 
-fn damaged_chunk_reads_as_corrupt<B: Backend>(s: &Engine<B>) {
+fn damaged_chunk_reads_as_corrupt<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"intact", b"damaged"]);
     let key = codec::chunk_key(meta.fill, 1);
-    let mut raw = s.raw().get(Tree::Chunks, &key).unwrap().unwrap().to_vec();
+    let mut raw = s.raw_backend().get(Tree::Chunks, &key).unwrap().unwrap().to_vec();
     *raw.last_mut().unwrap() ^= 0x01;
-    s.raw().insert(Tree::Chunks, &key, raw).unwrap();
+    s.raw_backend().insert(Tree::Chunks, &key, raw).unwrap();
 
     assert_eq!(s.read_chunk(meta.fill, 0).unwrap().unwrap(), "intact");
     assert!(matches!(
@@ -456,7 +536,7 @@ fn damaged_chunk_reads_as_corrupt<B: Backend>(s: &Engine<B>) {
     assert_eq!(chunks_on_disk(s, meta.fill), 0);
 }
 
-fn concurrent_commits_keep_disk_and_memory_in_step<B: Backend>(s: &Engine<B>) {
+fn concurrent_commits_keep_disk_and_memory_in_step<S: Subject>(s: &S) {
     let fills: Vec<FillId> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4u8)
             .map(|worker| {

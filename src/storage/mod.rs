@@ -10,7 +10,9 @@ mod engine;
 mod error;
 mod facade;
 mod memory;
+pub mod s3;
 mod sled_store;
+mod tiered;
 
 #[cfg(test)]
 mod contract;
@@ -24,6 +26,7 @@ pub use error::StoreError;
 pub use facade::Store;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
+pub use tiered::{SharedStats, TieredStore};
 
 /// Version byte that starts every value the store writes; values with another version are
 /// treated as absent so that a format change never turns into request errors.

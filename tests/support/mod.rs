@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod marshal;
 pub mod proxy;
 pub mod recorder;
+pub mod s3_server;
 
 /// Waits, bounded (5 s), for a condition that background work makes true; panics naming
 /// `what` if it never does.
