@@ -1085,13 +1085,19 @@ mod tests {
         assert_eq!(config.key_path(), PathBuf::from("/run/secrets/key"));
 
         let plain = Config::from_toml("[upstream]\nurl = \"https://x\"").unwrap();
-        assert_eq!(plain.store.s3.endpoint, None, "no shared tier unless asked for");
+        assert_eq!(
+            plain.store.s3.endpoint, None,
+            "no shared tier unless asked for"
+        );
         assert!(plain.store.s3.path_style);
         assert_eq!(plain.key_path(), plain.data_dir.join("credential-hmac.key"));
 
         for (toml, needle) in [
             ("[store.s3]\nendpoint = \"http://s3\"", "bucket"),
-            ("[store.s3]\nendpoint = \"s3.local\"\nbucket = \"b\"", "http://"),
+            (
+                "[store.s3]\nendpoint = \"s3.local\"\nbucket = \"b\"",
+                "http://",
+            ),
             (
                 "[store.s3]\nendpoint = \"http://key:secret@s3\"\nbucket = \"b\"",
                 "credentials",

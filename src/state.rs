@@ -63,7 +63,11 @@ impl AppState {
             Arc::new(bucket),
             config.eviction_policy(),
         ));
-        let leases = Leases::new(&tiered, config.store.s3.lease_ttl, config.store.s3.lease_wait);
+        let leases = Leases::new(
+            &tiered,
+            config.store.s3.lease_ttl,
+            config.store.s3.lease_wait,
+        );
         let state = AppState::assemble(config, tiered, Some(leases))?;
         Ok(state)
     }
@@ -140,19 +144,18 @@ impl AppState {
 
 /// Connects to the shared bucket and checks that it enforces create-only writes.
 fn open_bucket(s3: &S3Config) -> Result<Bucket, Error> {
-    let credentials = match S3Credentials::from_env() {
-        Some(credentials) => credentials,
-        None => match &s3.credentials_file {
-            Some(file) => S3Credentials::from_file(file).map_err(Error::Internal)?,
-            None => {
-                return Err(Error::Internal(
+    let credentials =
+        match S3Credentials::from_env() {
+            Some(credentials) => credentials,
+            None => match &s3.credentials_file {
+                Some(file) => S3Credentials::from_file(file).map_err(Error::Internal)?,
+                None => return Err(Error::Internal(
                     "store.s3.endpoint is set but no credentials are: set AWS_ACCESS_KEY_ID and \
                      AWS_SECRET_ACCESS_KEY, or store.s3.credentials_file"
                         .to_owned(),
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     let settings = S3Settings {
         endpoint: s3.endpoint.clone().unwrap_or_default(),
         bucket: s3.bucket.clone().unwrap_or_default(),

@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gitlab_pkg_cache::auth::{Caller, FingerprintKey};
 use gitlab_pkg_cache::config::Config;
 use support::client;
 use support::fake_gitlab::{FakeGitLab, Fault, Visibility};
@@ -105,9 +106,7 @@ async fn a_stampede_spread_over_replicas_fetches_once() {
     let waiting = |replicas: &[Arc<TestProxy>]| -> usize {
         replicas
             .iter()
-            .map(|r| {
-                r.state.fills.waiting() + r.state.leases.as_ref().map_or(0, |l| l.waiting())
-            })
+            .map(|r| r.state.fills.waiting() + r.state.leases.as_ref().map_or(0, |l| l.waiting()))
             .sum()
     };
     // Bounded wait (the helper's 5 s is short for 100 requests on a busy machine).
@@ -128,7 +127,11 @@ async fn a_stampede_spread_over_replicas_fetches_once() {
         assert_eq!(r.status, 200, "{}", r.text());
         bodies.push(r.body);
     }
-    assert_eq!(fake.hits(&zip), 1, "one GitLab fetch for 100 callers on 3 replicas");
+    assert_eq!(
+        fake.hits(&zip),
+        1,
+        "one GitLab fetch for 100 callers on 3 replicas"
+    );
     assert!(bodies[0].len() > 20 << 20);
     assert!(
         bodies.iter().all(|b| *b == bodies[0]),
@@ -152,11 +155,21 @@ async fn a_new_replica_with_an_empty_disk_serves_from_the_bucket() {
     let mut bodies = Vec::new();
     for path in &paths {
         let r = client::get(&format!("{}{path}", first.url()), &[]).await;
-        assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")), "{path}");
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (200, Some("miss")),
+            "{path}"
+        );
         bodies.push(r.body);
     }
     // Fills commit (and publish to the bucket) just after the responses end.
-    let stats = first.state.leases.as_ref().expect("shared tier on").stats().clone();
+    let stats = first
+        .state
+        .leases
+        .as_ref()
+        .expect("shared tier on")
+        .stats()
+        .clone();
     support::eventually("every fill is committed to the bucket", || {
         stats.commits_won.get() == 3
     })
@@ -165,22 +178,36 @@ async fn a_new_replica_with_an_empty_disk_serves_from_the_bucket() {
 
     fake.reset_hits();
     let fresh = shared.replica(&fake.url()).await;
-    assert_eq!(fresh.state.fills.store().usage().artifacts, 0, "an empty disk");
-    for (path, body) in paths.iter().zip(&bodies) {
+    assert_eq!(
+        fresh.state.fills.store().usage().artifacts,
+        0,
+        "an empty disk"
+    );
+    // The zip first: its authorization asks GitLab for the version's `.info` (a decision per
+    // replica), never for the zip's bytes.
+    for (path, body) in paths.iter().zip(&bodies).rev() {
         let r = client::get(&format!("{}{path}", fresh.url()), &[]).await;
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.header("x-cache"), Some("hit"), "{path}");
         assert_eq!(&r.body, body, "{path}");
-        assert_eq!(fake.hits(path), 0, "{path}: GitLab was not asked for the bytes");
     }
-    assert_eq!(fresh.state.fills.store().usage().artifacts, 3, "now in the hot tier");
+    assert_eq!(fake.hits(&paths[2]), 0, "GitLab was not asked for the zip");
+    assert_eq!(fake.hits(&paths[1]), 0, "nor for the .mod");
+    assert_eq!(
+        fresh.state.fills.store().usage().artifacts,
+        3,
+        "now in the hot tier"
+    );
 
-    // GitLab down and the bucket still there: a third replica serves too.
+    // GitLab down: the replica that saw GitLab accept this caller serves from its tiers; a
+    // replica that never did fails closed, since decisions are not shared between replicas.
     fake.set_down(true);
+    let r = client::get(&format!("{}{}", fresh.url(), paths[2]), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, bodies[2]);
     let third = shared.replica(&fake.url()).await;
     let r = client::get(&format!("{}{}", third.url(), paths[2]), &[]).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body, bodies[2]);
+    assert_eq!(r.status, 503, "{}", r.text());
 }
 
 #[tokio::test]
@@ -189,12 +216,20 @@ async fn replicas_fingerprint_credentials_with_the_shared_key() {
     let fake = gitlab(1000).await;
     let a = shared.replica(&fake.url()).await;
     let b = shared.replica(&fake.url()).await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "private-token",
+        http::HeaderValue::from_static("glpat-token"),
+    );
+    let fingerprint = |key| Caller::from_request(key, &headers, None).fingerprint;
     assert_eq!(
-        a.state.key.as_bytes(),
-        b.state.key.as_bytes(),
+        fingerprint(&a.state.key),
+        fingerprint(&b.state.key),
         "one credential, one fingerprint on every replica"
     );
-    assert_eq!(a.state.key.as_bytes(), &[42u8; 32], "the configured key");
+    let own = tempfile::tempdir().expect("directory");
+    let other = FingerprintKey::load_or_create(&own.path().join("k")).expect("a key");
+    assert_ne!(fingerprint(&a.state.key), fingerprint(&other));
     assert!(
         !a.data_dir.path().join("credential-hmac.key").exists(),
         "no key of its own"
@@ -223,5 +258,8 @@ async fn shared_mode_is_refused_at_start_up_with_a_clear_error() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(err.contains("absent.key") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("absent.key") && err.contains("does not exist"),
+        "{err}"
+    );
 }

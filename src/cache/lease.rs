@@ -89,7 +89,15 @@ impl Leases {
                 return Claim::Fetch;
             }
             match self.try_take(key).await {
-                Ok(Some(version)) => return Claim::Lead(self.guard(key, version)),
+                Ok(Some(version)) => {
+                    let guard = self.guard(key, version);
+                    // The previous holder commits before it releases: a reference there now
+                    // is final, and fetching again would be the duplicate the lease prevents.
+                    if self.committed(key).await {
+                        return Claim::Committed;
+                    }
+                    return Claim::Lead(guard);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(key, error = %e, "shared store: lease unavailable; fetching from GitLab");
@@ -100,7 +108,10 @@ impl Leases {
                 return Claim::Committed;
             }
             if tokio::time::Instant::now() + pause > deadline {
-                tracing::info!(key, "another replica's fetch did not finish in time; fetching too");
+                tracing::info!(
+                    key,
+                    "another replica's fetch did not finish in time; fetching too"
+                );
                 return Claim::Fetch;
             }
             tokio::time::sleep(pause).await;
@@ -139,7 +150,10 @@ impl Leases {
                 match bucket.renew_lease(&key, &holder, &version, ttl).await {
                     Ok(Some(renewed)) => version = renewed,
                     Ok(None) => {
-                        tracing::warn!(key, "lease taken over by another replica; this fill goes on");
+                        tracing::warn!(
+                            key,
+                            "lease taken over by another replica; this fill goes on"
+                        );
                         return;
                     }
                     Err(e) => tracing::warn!(key, error = %e, "lease renewal failed; retrying"),

@@ -168,7 +168,11 @@ pub(super) fn temp_tiered_on(
 ) -> (TieredStore<SledStore>, tempfile::TempDir) {
     let (local, dir) = temp_sled();
     let bucket = super::s3::Bucket::open(settings).unwrap();
-    let store = TieredStore::new(local, std::sync::Arc::new(bucket), EvictionPolicy::default());
+    let store = TieredStore::new(
+        local,
+        std::sync::Arc::new(bucket),
+        EvictionPolicy::default(),
+    );
     (store, dir)
 }
 
@@ -500,7 +504,9 @@ fn unknown_format_version_reads_as_absent<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"data"]);
     let mut future = codec::encode_meta(&meta).unwrap();
     future[0] = FORMAT_VERSION + 1;
-    s.raw_backend().insert(Tree::Artifacts, b"k", future).unwrap();
+    s.raw_backend()
+        .insert(Tree::Artifacts, b"k", future)
+        .unwrap();
     assert_eq!(s.lookup("k").unwrap(), None);
     assert_eq!(s.raw_backend().get(Tree::Artifacts, b"k").unwrap(), None);
     assert_eq!(s.usage(), Usage::default());
@@ -522,7 +528,12 @@ fn unknown_format_version_reads_as_absent<S: Subject>(s: &S) {
 fn damaged_chunk_reads_as_corrupt<S: Subject>(s: &S) {
     let meta = store_artifact(s, "k", &[b"intact", b"damaged"]);
     let key = codec::chunk_key(meta.fill, 1);
-    let mut raw = s.raw_backend().get(Tree::Chunks, &key).unwrap().unwrap().to_vec();
+    let mut raw = s
+        .raw_backend()
+        .get(Tree::Chunks, &key)
+        .unwrap()
+        .unwrap()
+        .to_vec();
     *raw.last_mut().unwrap() ^= 0x01;
     s.raw_backend().insert(Tree::Chunks, &key, raw).unwrap();
 

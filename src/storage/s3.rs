@@ -513,7 +513,11 @@ impl Bucket {
         let body = serde_json::to_vec(&lease).map_err(io_error)?;
         self.run(async move {
             let created = store
-                .put_opts(&path, body.clone().into(), PutOptions::from(PutMode::Create))
+                .put_opts(
+                    &path,
+                    body.clone().into(),
+                    PutOptions::from(PutMode::Create),
+                )
                 .await;
             match created {
                 Ok(put) => return Ok(Some(LeaseVersion::from(put))),
@@ -540,7 +544,11 @@ impl Bucket {
                 return Ok(None);
             }
             match store
-                .put_opts(&path, body.into(), PutOptions::from(PutMode::Update(version)))
+                .put_opts(
+                    &path,
+                    body.into(),
+                    PutOptions::from(PutMode::Update(version)),
+                )
                 .await
             {
                 Ok(put) => Ok(Some(LeaseVersion::from(put))),
@@ -573,7 +581,11 @@ impl Bucket {
         };
         let fut = async move {
             match store
-                .put_opts(&path, body.into(), PutOptions::from(PutMode::Update(version)))
+                .put_opts(
+                    &path,
+                    body.into(),
+                    PutOptions::from(PutMode::Update(version)),
+                )
                 .await
             {
                 Ok(put) => Ok(Some(LeaseVersion::from(put))),
@@ -801,14 +813,18 @@ mod tests {
 
     #[test]
     fn the_test_server_enforces_conditional_writes() {
-        let Some(settings) = test_bucket_settings() else { return };
+        let Some(settings) = test_bucket_settings() else {
+            return;
+        };
         let bucket = Bucket::open(&settings).unwrap();
         bucket.probe_conditional_writes().unwrap();
     }
 
     #[test]
     fn wrong_credentials_are_refused_at_the_probe() {
-        let Some(mut settings) = test_bucket_settings() else { return };
+        let Some(mut settings) = test_bucket_settings() else {
+            return;
+        };
         settings.credentials.secret_access_key = "not-the-secret".to_owned();
         let bucket = Bucket::open(&settings).unwrap();
         let err = bucket.probe_conditional_writes().unwrap_err();
@@ -817,7 +833,9 @@ mod tests {
 
     #[test]
     fn one_lease_holder_at_a_time_and_a_lapsed_lease_is_taken_over() {
-        let Some(settings) = test_bucket_settings() else { return };
+        let Some(settings) = test_bucket_settings() else {
+            return;
+        };
         let bucket = Bucket::open(&settings).unwrap();
         let long = Duration::from_secs(60);
         let first = bucket.try_lease("k", "replica-a", long).unwrap();
@@ -825,7 +843,9 @@ mod tests {
         assert_eq!(bucket.try_lease("k", "replica-b", long).unwrap(), None);
 
         // A lease that has already lapsed is taken over, and its former holder cannot renew.
-        let lapsed = bucket.try_lease("other", "replica-a", Duration::ZERO).unwrap();
+        let lapsed = bucket
+            .try_lease("other", "replica-a", Duration::ZERO)
+            .unwrap();
         let lapsed = lapsed.unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let taken = bucket.try_lease("other", "replica-b", long).unwrap();
@@ -846,6 +866,9 @@ mod tests {
 
         // Released, it can be taken at once.
         runtime.block_on(bucket.release_lease("other", &renewed.unwrap()));
-        assert!(bucket.try_lease("other", "replica-c", long).unwrap().is_some());
+        assert!(bucket
+            .try_lease("other", "replica-c", long)
+            .unwrap()
+            .is_some());
     }
 }

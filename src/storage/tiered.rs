@@ -338,10 +338,7 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
         };
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         if let Some(mut blob) = upload.blob.take() {
-            match self
-                .bucket
-                .append(&mut blob, Bytes::copy_from_slice(data))
-            {
+            match self.bucket.append(&mut blob, Bytes::copy_from_slice(data)) {
                 Ok(()) => {
                     upload.blob = Some(blob);
                     upload.chunks.push(len);
@@ -531,7 +528,9 @@ mod tests {
 
     #[test]
     fn an_unreachable_bucket_leaves_the_local_tier_working() {
-        let Some(mut settings) = settings() else { return };
+        let Some(mut settings) = settings() else {
+            return;
+        };
         // Nothing listens on port 1 of loopback.
         settings.endpoint = "http://127.0.0.1:1".to_owned();
         let (local, _dir) = super::super::contract::temp_sled();

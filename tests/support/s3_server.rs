@@ -66,7 +66,10 @@ fn free_port_pair(taken: &[u16]) -> Result<u16, String> {
         drop(probe);
         // Keep port + 10000 a valid port, clear of the ones already picked.
         let port = 20000 + port % 25000;
-        if taken.iter().any(|t| t.abs_diff(port) == 0 || t.abs_diff(port) == 10000) {
+        if taken
+            .iter()
+            .any(|t| t.abs_diff(port) == 0 || t.abs_diff(port) == 10000)
+        {
             continue;
         }
         let both = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
