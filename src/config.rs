@@ -40,6 +40,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    /// File holding the admin API token; the admin API is off without it.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The GitLab instance behind the proxy.
@@ -159,6 +161,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
             log: LogConfig::default(),
+            admin_token_file: None,
         }
     }
 }
@@ -456,6 +459,14 @@ pub enum Command {
     Serve,
     /// Print the effective configuration as TOML and exit.
     Config,
+    /// Fetch and verify what go.sum / Gemfile.lock files need, through a running proxy.
+    Warm(crate::cli::warm::WarmArgs),
+    /// Write a bundle of what a running proxy holds (for carrying across an air gap).
+    Export(crate::cli::bundle::ExportArgs),
+    /// Verify a bundle and load it into a running proxy (pinned).
+    Import(crate::cli::bundle::ImportArgs),
+    /// Create an Ed25519 key pair for signing bundles.
+    Keygen(crate::cli::bundle::KeygenArgs),
 }
 
 /// Every setting that can come from a flag or its environment variable.
@@ -724,6 +735,15 @@ pub struct Overrides {
         value_name = "FILTER"
     )]
     pub log: Option<String>,
+    /// File holding the admin API token (serve: enables the API; clients: sends it).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub admin_token_file: Option<String>,
 }
 
 impl Overrides {
@@ -770,6 +790,7 @@ impl Overrides {
             "store.max_bytes" => cache_max_bytes,
             "store.min_free_bytes" => min_free_bytes,
             "log.filter" => log,
+            "admin_token_file" => admin_token_file,
         ];
         let format = self.log_format.map(|format| match format {
             LogFormat::Text => "text".to_owned(),

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::AdminToken;
 use crate::auth::{FingerprintKey, Gate};
 use crate::cache::fill::Fills;
 use crate::cache::flight::Flights;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub catalogs: Catalogs,
     /// Set when the proxy serves HTTPS.
     pub tls: Option<TlsAcceptor>,
+    /// Set when the admin API is enabled.
+    pub admin: Option<AdminToken>,
 }
 
 impl AppState {
@@ -68,6 +71,13 @@ impl AppState {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
+        let admin = match &config.admin_token_file {
+            Some(path) => Some(
+                AdminToken::from_file(path)
+                    .map_err(|e| Error::Internal(format!("admin token file: {e}")))?,
+            ),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let upstream = Upstream::new(
             &config.upstream,
@@ -94,6 +104,7 @@ impl AppState {
             key,
             upstream,
             tls,
+            admin,
             config,
         }))
     }

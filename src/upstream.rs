@@ -348,7 +348,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Root certificates: webpki's, the system's, and an optional extra PEM file.
-fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, Error> {
+pub(crate) fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();

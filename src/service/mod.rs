@@ -62,6 +62,7 @@ pub async fn handle(
         Ok(Endpoint::Health) => ("healthz", request.uri().path().to_owned()),
         Ok(Endpoint::Ready) => ("readyz", request.uri().path().to_owned()),
         Ok(Endpoint::Metrics) => ("metrics", request.uri().path().to_owned()),
+        Ok(Endpoint::Admin) => ("admin", request.uri().path().to_owned()),
         // The path of an unrouted request is not logged in full: it may be anything.
         Err(_) => ("unrouted", truncate(request.uri().path(), 256)),
     };
@@ -70,6 +71,11 @@ pub async fn handle(
         Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n".to_owned())),
         Ok(Endpoint::Ready) => Ok(operations::ready(&state).await),
         Ok(Endpoint::Metrics) => Ok(operations::metrics(&state)),
+        Ok(Endpoint::Admin) => Ok(Handled::new(
+            crate::admin::handle(&state, request, peer.ip()).await,
+            CacheOutcome::Local,
+            None,
+        )),
         Err(e) => Err(Error::Route(e)),
     };
     let handled = result.unwrap_or_else(|e| {
