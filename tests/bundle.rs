@@ -266,7 +266,6 @@ async fn damaged_cut_off_and_badly_signed_bundles_are_refused() {
     let gem_key = format!("{GEMS}/gems/alpha-1.0.0.gem");
     let gem_sha = hex::encode(held(&a, &gem_key).unwrap());
     let zip_key = format!("{GO}/v1.0.0.zip");
-    let zip_sha = hex::encode(held(&a, &zip_key).unwrap());
 
     let b = proxy(NOWHERE, d).await;
     let refused = |name: &'static str, needle: String| {

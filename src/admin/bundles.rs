@@ -422,11 +422,11 @@ fn refused(message: impl Into<String>) -> AdminError {
 
 fn import_blocking(
     store: &dyn ArtifactStore,
-    reader: ChannelReader,
+    input: ChannelReader,
     staging_root: &Path,
     expected_id: Option<&str>,
 ) -> Result<serde_json::Value, AdminError> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(input);
     let mut entries = archive
         .entries()
         .map_err(|e| refused(format!("not a bundle: {e}")))?;
@@ -575,14 +575,23 @@ fn import_blocking(
     }
 
     // 3. Every artifact has its bytes here or in the store; Go hashes recomputed.
+    // Blobs are content-addressed: one held under another key serves as well.
     let mut held = BTreeSet::new();
+    let mut twins: HashMap<&str, &str> = HashMap::new();
     for artifact in &manifest.artifacts {
         let present = store
             .lookup(&artifact.key)?
             .is_some_and(|meta| hex::encode(meta.sha256) == artifact.sha256);
         if present {
             held.insert(artifact.key.clone());
-        } else if !staged.contains_key(&artifact.sha256) {
+            twins.entry(&artifact.sha256).or_insert(&artifact.key);
+        }
+    }
+    for artifact in &manifest.artifacts {
+        if !held.contains(&artifact.key)
+            && !staged.contains_key(&artifact.sha256)
+            && !twins.contains_key(artifact.sha256.as_str())
+        {
             return Err(refused(format!(
                 "{}: its blob {} is neither in this bundle nor held here",
                 artifact.key, artifact.sha256
@@ -644,7 +653,15 @@ fn import_blocking(
     for artifact in &manifest.artifacts {
         if !held.contains(&artifact.key) {
             if let Some(file) = staged.get(&artifact.sha256) {
-                commit_file(store, artifact, file)?;
+                let input = std::fs::File::open(file)
+                    .map_err(|e| AdminError::Internal(format!("staging: {e}")))?;
+                commit_from(store, artifact, input)?;
+                added += 1;
+            } else if let Some(twin) = twins.get(artifact.sha256.as_str()) {
+                let Some((meta, _pin)) = store.lookup_pinned(twin)? else {
+                    return Err(refused(format!("{twin} vanished during the import")));
+                };
+                commit_from(store, artifact, reader(store, &meta))?;
                 added += 1;
             }
         }
@@ -673,14 +690,13 @@ fn import_blocking(
     }))
 }
 
-/// Writes a staged, verified blob into the store under the artifact's key.
-fn commit_file(
+/// Writes a verified blob into the store under the artifact's key; the store's commit checks
+/// length and SHA-256 once more.
+fn commit_from(
     store: &dyn ArtifactStore,
     artifact: &ArtifactEntry,
-    file: &Path,
+    mut input: impl Read,
 ) -> Result<(), AdminError> {
-    let mut input =
-        std::fs::File::open(file).map_err(|e| AdminError::Internal(format!("staging: {e}")))?;
     let sha256 = hex::decode(&artifact.sha256)
         .ok()
         .and_then(|d| <[u8; 32]>::try_from(d).ok())
