@@ -23,6 +23,9 @@ const COUNT_KEYS: [&str; 3] = [
     "upstream.failure_threshold",
 ];
 
+/// Settings that are switches.
+const BOOL_KEYS: [&str; 1] = ["offline.enabled"];
+
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "GITLAB_PKG_CACHE_";
 
@@ -42,6 +45,17 @@ pub struct Config {
     pub log: LogConfig,
     /// File holding the admin API token; the admin API is off without it.
     pub admin_token_file: Option<PathBuf>,
+    pub offline: OfflineConfig,
+}
+
+/// Offline mode: GitLab is never contacted; what is held is served by an explicit policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineConfig {
+    pub enabled: bool,
+    pub access: crate::airgap::offline::OfflineAccess,
+    /// For `access = "tokens"`: lines of `<sha256 hex of a token> <project>…`.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The GitLab instance behind the proxy.
@@ -162,6 +176,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             log: LogConfig::default(),
             admin_token_file: None,
+            offline: OfflineConfig::default(),
         }
     }
 }
@@ -340,6 +355,13 @@ impl Config {
         for (key, value) in overrides.pairs() {
             // Counts come in as text from flags and the environment; the TOML file and the
             // defaults hold them as numbers, so they are handed over as numbers too.
+            if BOOL_KEYS.contains(&key) {
+                let switch = value.parse::<bool>().map_err(|_| {
+                    ConfigError::Invalid(format!("setting {key}: expected true or false"))
+                })?;
+                figment = figment.merge(Serialized::global(key, switch));
+                continue;
+            }
             figment = match value.parse::<u64>() {
                 Ok(number) if COUNT_KEYS.contains(&key) => {
                     figment.merge(Serialized::global(key, number))
@@ -744,6 +766,35 @@ pub struct Overrides {
         value_name = "FILE"
     )]
     pub admin_token_file: Option<String>,
+    /// Offline mode: never contact GitLab; serve what is held (`--offline` alone means true).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub offline: Option<String>,
+    /// Who may read offline [default: grace].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE_ACCESS",
+        value_enum
+    )]
+    pub offline_access: Option<crate::airgap::offline::OfflineAccess>,
+    /// Token hashes and the projects each may read offline (with --offline-access tokens).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE_TOKENS_FILE",
+        value_name = "FILE"
+    )]
+    pub offline_tokens_file: Option<String>,
 }
 
 impl Overrides {
@@ -791,12 +842,23 @@ impl Overrides {
             "store.min_free_bytes" => min_free_bytes,
             "log.filter" => log,
             "admin_token_file" => admin_token_file,
+            "offline.enabled" => offline,
+            "offline.tokens_file" => offline_tokens_file,
         ];
         let format = self.log_format.map(|format| match format {
             LogFormat::Text => "text".to_owned(),
             LogFormat::Json => "json".to_owned(),
         });
         table.push(("log.format", "log_format", format));
+        let access = self.offline_access.map(|access| {
+            match access {
+                crate::airgap::offline::OfflineAccess::Grace => "grace",
+                crate::airgap::offline::OfflineAccess::Tokens => "tokens",
+                crate::airgap::offline::OfflineAccess::Open => "open",
+            }
+            .to_owned()
+        });
+        table.push(("offline.access", "offline_access", access));
         table
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminToken;
+use crate::airgap::offline::OfflinePolicy;
 use crate::auth::{FingerprintKey, Gate};
 use crate::cache::fill::Fills;
 use crate::cache::flight::Flights;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub tls: Option<TlsAcceptor>,
     /// Set when the admin API is enabled.
     pub admin: Option<AdminToken>,
+    /// Set in offline mode: GitLab is never asked; this decides who reads what is held.
+    pub offline: Option<OfflinePolicy>,
 }
 
 impl AppState {
@@ -78,6 +81,14 @@ impl AppState {
             ),
             None => None,
         };
+        let offline = if config.offline.enabled {
+            Some(
+                OfflinePolicy::load(config.offline.access, config.offline.tokens_file.as_deref())
+                    .map_err(Error::Internal)?,
+            )
+        } else {
+            None
+        };
         let metrics = Arc::new(Metrics::new());
         let upstream = Upstream::new(
             &config.upstream,
@@ -105,6 +116,7 @@ impl AppState {
             upstream,
             tls,
             admin,
+            offline,
             config,
         }))
     }

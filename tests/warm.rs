@@ -204,7 +204,7 @@ async fn warm_fetches_verifies_and_pins_what_the_lockfiles_need() {
     }
     assert!(
         kept.iter()
-            .any(|k| k.ends_with("/group/!mixed!lib/@v/v1.1.0.zip")),
+            .any(|k| k.ends_with("/group/%21mixed%21lib/@v/v1.1.0.zip")),
         "{kept:?}"
     );
 

@@ -383,7 +383,8 @@ async fn go_unit(
             done(*kind, None, status.clone());
         }
     };
-    let file = format!("{}/@v/{}", case_encode(module), case_encode(version));
+    // Spelled as the go command spells it (`!` as `%21`), so warm fills the same keys.
+    let file = format!("{}/@v/{}", case_encode(module), case_encode(version)).replace('!', "%21");
 
     // `.info` finds the proxy entry that serves the module, as the go command does.
     context.emit(Event::Started {

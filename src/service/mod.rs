@@ -5,6 +5,7 @@ mod artifact;
 mod authorize;
 mod gems;
 mod metadata;
+mod offline;
 mod operations;
 mod relay;
 mod upload;
@@ -146,6 +147,9 @@ async fn package(
         project: Arc::from(route.project.as_raw()),
         api: route.api(),
     };
+    if let Some(policy) = &state.offline {
+        return offline::package(state, policy, &route, &decision, request).await;
+    }
     if gems::has_fallback(&route) {
         return gems::with_fallback(state, &route, &decision, request, client).await;
     }
