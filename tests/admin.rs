@@ -159,7 +159,12 @@ async fn pinned_artifacts_are_never_evicted() {
     let store = proxy.state.fills.store().usage();
     assert_eq!(stats["store"]["bytes"], store.bytes);
 
-    // By project and gem: what is stored now.
+    // By project and gem: what is stored now (once beta's fill has committed).
+    let beta = path("beta");
+    support::eventually("beta is stored again", || {
+        proxy.state.fills.store().keys("").contains(&beta)
+    })
+    .await;
     let r = admin(
         &proxy,
         "POST",
@@ -168,7 +173,13 @@ async fn pinned_artifacts_are_never_evicted() {
         Some(json!({ "project": "1", "gem": "beta" })),
     )
     .await;
-    assert_eq!(json_of(&r)["keys"], json!([path("beta")]), "{}", r.text());
+    assert_eq!(
+        json_of(&r)["keys"],
+        json!([path("beta")]),
+        "{} stored: {:?}",
+        r.text(),
+        proxy.state.fills.store().keys("")
+    );
 
     let r = admin(
         &proxy,

@@ -76,10 +76,17 @@ fn admin(dir: &Path, proxy: &TestProxy, subcommand: &str, args: &[&str]) -> Comm
     command
 }
 
+/// GETs each path and waits until the artifacts' fills have committed.
 async fn fetch(proxy: &TestProxy, paths: &[String]) {
     for path in paths {
         let r = client::get(&format!("{}{path}", proxy.url()), &[]).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
+        if !path.ends_with("/list") {
+            support::eventually(&format!("{path} is stored"), || {
+                proxy.state.fills.store().keys(path).contains(path)
+            })
+            .await;
+        }
     }
 }
 

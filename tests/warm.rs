@@ -200,7 +200,10 @@ async fn warm_fetches_verifies_and_pins_what_the_lockfiles_need() {
     let kept = store.kept();
     assert_eq!(kept.len(), 10, "{kept:?}");
     for key in &kept {
-        assert!(store.keys(key).contains(key), "{key} stored");
+        support::eventually(&format!("{key} is stored"), || {
+            store.keys(key).contains(key)
+        })
+        .await;
     }
     assert!(
         kept.iter()
