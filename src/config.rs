@@ -16,15 +16,15 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// Settings that are true or false.
-const BOOL_KEYS: [&str; 1] = ["store.s3.path_style"];
-
 /// Settings that are plain counts (everything else is text: durations, sizes, paths).
 const COUNT_KEYS: [&str; 3] = [
     "upstream.max_redirects",
     "upstream.pool_max_idle",
     "upstream.failure_threshold",
 ];
+
+/// Settings that are switches (true or false).
+const BOOL_KEYS: [&str; 2] = ["offline.enabled", "store.s3.path_style"];
 
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "GITLAB_PKG_CACHE_";
@@ -47,6 +47,19 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    /// File holding the admin API token; the admin API is off without it.
+    pub admin_token_file: Option<PathBuf>,
+    pub offline: OfflineConfig,
+}
+
+/// Offline mode: GitLab is never contacted; what is held is served by an explicit policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineConfig {
+    pub enabled: bool,
+    pub access: crate::airgap::offline::OfflineAccess,
+    /// For `access = "tokens"`: lines of `<sha256 hex of a token> <project>…`.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The GitLab instance behind the proxy.
@@ -209,6 +222,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
             log: LogConfig::default(),
+            admin_token_file: None,
+            offline: OfflineConfig::default(),
         }
     }
 }
@@ -388,12 +403,16 @@ impl Config {
         for (key, value) in overrides.pairs() {
             // Counts come in as text from flags and the environment; the TOML file and the
             // defaults hold them as numbers, so they are handed over as numbers too.
-            figment = match (value.parse::<u64>(), value.parse::<bool>()) {
-                (Ok(number), _) if COUNT_KEYS.contains(&key) => {
+            if BOOL_KEYS.contains(&key) {
+                let switch = value.parse::<bool>().map_err(|_| {
+                    ConfigError::Invalid(format!("setting {key}: expected true or false"))
+                })?;
+                figment = figment.merge(Serialized::global(key, switch));
+                continue;
+            }
+            figment = match value.parse::<u64>() {
+                Ok(number) if COUNT_KEYS.contains(&key) => {
                     figment.merge(Serialized::global(key, number))
-                }
-                (_, Ok(flag)) if BOOL_KEYS.contains(&key) => {
-                    figment.merge(Serialized::global(key, flag))
                 }
                 _ => figment.merge(Serialized::global(key, value)),
             };
@@ -529,6 +548,14 @@ pub enum Command {
     Serve,
     /// Print the effective configuration as TOML and exit.
     Config,
+    /// Fetch and verify what go.sum / Gemfile.lock files need, through a running proxy.
+    Warm(crate::cli::warm::WarmArgs),
+    /// Write a bundle of what a running proxy holds (for carrying across an air gap).
+    Export(crate::cli::bundle::ExportArgs),
+    /// Verify a bundle and load it into a running proxy (pinned).
+    Import(crate::cli::bundle::ImportArgs),
+    /// Create an Ed25519 key pair for signing bundles.
+    Keygen(crate::cli::bundle::KeygenArgs),
 }
 
 /// Every setting that can come from a flag or its environment variable.
@@ -878,6 +905,44 @@ pub struct Overrides {
         value_name = "FILTER"
     )]
     pub log: Option<String>,
+    /// File holding the admin API token (serve: enables the API; clients: sends it).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub admin_token_file: Option<String>,
+    /// Offline mode: never contact GitLab; serve what is held (`--offline` alone means true).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub offline: Option<String>,
+    /// Who may read offline [default: grace].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE_ACCESS",
+        value_enum
+    )]
+    pub offline_access: Option<crate::airgap::offline::OfflineAccess>,
+    /// Token hashes and the projects each may read offline (with --offline-access tokens).
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_OFFLINE_TOKENS_FILE",
+        value_name = "FILE"
+    )]
+    pub offline_tokens_file: Option<String>,
 }
 
 impl Overrides {
@@ -933,12 +998,24 @@ impl Overrides {
             "store.s3.lease_wait" => s3_lease_wait,
             "credential_key_file" => credential_key_file,
             "log.filter" => log,
+            "admin_token_file" => admin_token_file,
+            "offline.enabled" => offline,
+            "offline.tokens_file" => offline_tokens_file,
         ];
         let format = self.log_format.map(|format| match format {
             LogFormat::Text => "text".to_owned(),
             LogFormat::Json => "json".to_owned(),
         });
         table.push(("log.format", "log_format", format));
+        let access = self.offline_access.map(|access| {
+            match access {
+                crate::airgap::offline::OfflineAccess::Grace => "grace",
+                crate::airgap::offline::OfflineAccess::Tokens => "tokens",
+                crate::airgap::offline::OfflineAccess::Open => "open",
+            }
+            .to_owned()
+        });
+        table.push(("offline.access", "offline_access", access));
         table
     }
 }

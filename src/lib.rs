@@ -25,11 +25,17 @@
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
 //! - [`upstream`]: the pooled client towards GitLab.
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
+//! - [`admin`]: the token-protected admin API under `/-/pkg-cache/admin/` (pins, …), audited.
+//! - [`airgap`]: `warm` from go.sum / Gemfile.lock with hash verification, and its client.
+//! - [`cli`]: the client subcommands (`warm`), thin over the library and the admin API.
 //! - [`error`]: one error type and its one status map; [`body`]: body plumbing; [`tls`].
 
+pub mod admin;
+pub mod airgap;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;

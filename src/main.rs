@@ -1,33 +1,47 @@
 //! The `gitlab-pkg-cache` binary: CLI → config → logging → state → server, until a signal.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gitlab_pkg_cache::config::{Cli, Command, Config};
+use gitlab_pkg_cache::config::{Cli, Command, Config, Overrides};
 use gitlab_pkg_cache::state::AppState;
-use gitlab_pkg_cache::{server, telemetry};
+use gitlab_pkg_cache::{cli, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.overrides) {
-        Ok(config) => config,
+    let admin_token_file = cli.overrides.admin_token_file.clone().map(PathBuf::from);
+    match cli.command.unwrap_or(Command::Serve) {
+        // Client commands talk to a running proxy and need none of its settings.
+        Command::Warm(args) => cli::warm::main(args, admin_token_file.as_deref()),
+        Command::Export(args) => cli::bundle::export(args, admin_token_file.as_deref()),
+        Command::Import(args) => cli::bundle::import(args, admin_token_file.as_deref()),
+        Command::Keygen(args) => cli::bundle::keygen(args),
+        Command::Config => with_config(&cli.overrides, print_config),
+        Command::Serve => with_config(&cli.overrides, serve),
+    }
+}
+
+fn with_config(overrides: &Overrides, run: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match Config::load(overrides) {
+        Ok(config) => run(config),
         Err(e) => {
             eprintln!("gitlab-pkg-cache: configuration: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Config => match toml::to_string_pretty(&config) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("gitlab-pkg-cache: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Serve => serve(config),
+    }
+}
+
+fn print_config(config: Config) -> ExitCode {
+    match toml::to_string_pretty(&config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gitlab-pkg-cache: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -15,6 +15,8 @@ use crate::protocol::rubygems::{
 use crate::protocol::{decode_component, NameError};
 
 const PROJECTS: &str = "/api/v4/projects/";
+/// The proxy's admin API (see `admin`), any method; the admin module reads the rest.
+pub const ADMIN_PREFIX: &str = "/-/pkg-cache/admin/";
 /// Longest request path accepted.
 pub const MAX_PATH: usize = 4096;
 /// Longest project reference (id or URL-encoded full path).
@@ -118,6 +120,7 @@ pub enum Endpoint {
     Health,
     Ready,
     Metrics,
+    Admin,
 }
 
 /// Why a request was answered locally instead of being routed.
@@ -149,6 +152,7 @@ impl Endpoint {
             "/-/healthz" if read => return Ok(Endpoint::Health),
             "/-/readyz" if read => return Ok(Endpoint::Ready),
             "/-/pkg-cache/metrics" if read => return Ok(Endpoint::Metrics),
+            _ if path.starts_with(ADMIN_PREFIX) => return Ok(Endpoint::Admin),
             _ => {}
         }
         let rest = path.strip_prefix(PROJECTS).ok_or(RouteError::NotFound)?;

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::AdminToken;
+use crate::airgap::offline::OfflinePolicy;
 use crate::auth::{FingerprintKey, Gate};
 use crate::cache::fill::Fills;
 use crate::cache::flight::Flights;
@@ -41,6 +43,10 @@ pub struct AppState {
     pub tls: Option<TlsAcceptor>,
     /// Set when replicas share a bucket: who fetches an artifact from GitLab.
     pub leases: Option<Leases>,
+    /// Set when the admin API is enabled.
+    pub admin: Option<AdminToken>,
+    /// Set in offline mode: GitLab is never asked; this decides who reads what is held.
+    pub offline: Option<OfflinePolicy>,
 }
 
 impl AppState {
@@ -107,6 +113,21 @@ impl AppState {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
+        let admin = match &config.admin_token_file {
+            Some(path) => Some(
+                AdminToken::from_file(path)
+                    .map_err(|e| Error::Internal(format!("admin token file: {e}")))?,
+            ),
+            None => None,
+        };
+        let offline = if config.offline.enabled {
+            Some(
+                OfflinePolicy::load(config.offline.access, config.offline.tokens_file.as_deref())
+                    .map_err(Error::Internal)?,
+            )
+        } else {
+            None
+        };
         let metrics = Arc::new(Metrics::new());
         if let Some(leases) = &leases {
             metrics.register_shared_tier(leases.stats());
@@ -137,6 +158,8 @@ impl AppState {
             upstream,
             tls,
             leases,
+            admin,
+            offline,
             config,
         }))
     }

@@ -407,6 +407,18 @@ impl ArtifactStore for FullDisk {
     fn usage(&self) -> Usage {
         self.inner.usage()
     }
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        self.inner.keys(prefix)
+    }
+    fn set_kept(&self, key: &str, kept: bool) -> Result<bool, StoreError> {
+        self.inner.set_kept(key, kept)
+    }
+    fn kept(&self) -> Vec<String> {
+        self.inner.kept()
+    }
+    fn kept_usage(&self) -> Usage {
+        self.inner.kept_usage()
+    }
     fn evict(&self, policy: &EvictionPolicy) -> Result<EvictionReport, StoreError> {
         self.inner.evict(policy)
     }
@@ -415,6 +427,9 @@ impl ArtifactStore for FullDisk {
     }
     fn get_record(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_record(namespace, key)
+    }
+    fn record_keys(&self, namespace: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.record_keys(namespace)
     }
     fn remove_record(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError> {
         self.inner.remove_record(namespace, key)

@@ -5,6 +5,7 @@ mod artifact;
 mod authorize;
 mod gems;
 mod metadata;
+mod offline;
 mod operations;
 mod relay;
 mod upload;
@@ -62,6 +63,7 @@ pub async fn handle(
         Ok(Endpoint::Health) => ("healthz", request.uri().path().to_owned()),
         Ok(Endpoint::Ready) => ("readyz", request.uri().path().to_owned()),
         Ok(Endpoint::Metrics) => ("metrics", request.uri().path().to_owned()),
+        Ok(Endpoint::Admin) => ("admin", request.uri().path().to_owned()),
         // The path of an unrouted request is not logged in full: it may be anything.
         Err(_) => ("unrouted", truncate(request.uri().path(), 256)),
     };
@@ -70,6 +72,11 @@ pub async fn handle(
         Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n".to_owned())),
         Ok(Endpoint::Ready) => Ok(operations::ready(&state).await),
         Ok(Endpoint::Metrics) => Ok(operations::metrics(&state)),
+        Ok(Endpoint::Admin) => Ok(Handled::new(
+            crate::admin::handle(&state, request, peer.ip()).await,
+            CacheOutcome::Local,
+            None,
+        )),
         Err(e) => Err(Error::Route(e)),
     };
     let handled = result.unwrap_or_else(|e| {
@@ -140,6 +147,9 @@ async fn package(
         project: Arc::from(route.project.as_raw()),
         api: route.api(),
     };
+    if let Some(policy) = &state.offline {
+        return offline::package(state, policy, &route, &decision, request).await;
+    }
     if gems::has_fallback(&route) {
         return gems::with_fallback(state, &route, &decision, request, client).await;
     }

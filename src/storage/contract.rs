@@ -90,6 +90,7 @@ macro_rules! contract_tests {
             pin_defers_deletion_on_abort,
             pin_of_deleted_fill_is_none,
             eviction_removes_least_recently_touched_first,
+            kept_keys_are_never_evicted,
             usage_tracks_commits_replacements_and_removals,
             records_put_get_remove,
             unknown_format_version_reads_as_absent,
@@ -446,6 +447,47 @@ fn eviction_removes_least_recently_touched_first<S: Subject>(s: &S) {
     );
 }
 
+fn kept_keys_are_never_evicted<S: Subject>(s: &S) {
+    let ten = [0u8; 10];
+    // Kept before it is stored, as `warm --pin` may do.
+    assert!(s.set_kept("old", true).unwrap());
+    assert!(
+        !s.set_kept("old", true).unwrap(),
+        "keeping twice changes nothing"
+    );
+    for key in ["old", "mid", "new"] {
+        store_artifact(s, key, &[&ten]);
+    }
+    assert_eq!(s.keys(""), ["mid", "new", "old"]);
+    assert_eq!(s.keys("n"), ["new"]);
+    assert_eq!(s.kept(), ["old"]);
+    assert_eq!(
+        s.kept_usage(),
+        Usage {
+            artifacts: 1,
+            bytes: 10
+        }
+    );
+
+    let nothing = EvictionPolicy {
+        max_bytes: Some(0),
+        min_free_bytes: None,
+    };
+    let report = s.evict(&nothing).unwrap();
+    assert_eq!(report.artifacts, 2, "everything but the kept key goes");
+    assert!(s.lookup("old").unwrap().is_some());
+    assert_eq!(s.keys(""), ["old"]);
+
+    assert!(s.set_kept("old", false).unwrap());
+    assert_eq!(s.kept_usage(), Usage::default());
+    assert_eq!(s.evict(&nothing).unwrap().artifacts, 1);
+    assert!(s.kept().is_empty());
+    assert!(
+        s.record_keys("kept").unwrap().is_empty(),
+        "kept keys are records"
+    );
+}
+
 fn usage_tracks_commits_replacements_and_removals<S: Subject>(s: &S) {
     assert_eq!(s.usage(), Usage::default());
     store_artifact(s, "a", &[b"12345"]);
@@ -484,6 +526,13 @@ fn records_put_get_remove<S: Subject>(s: &S) {
     s.put_record("auth", b"mod", b"allow").unwrap();
     assert_eq!(s.get_record("lists", b"mod").unwrap().unwrap(), b"v1\nv2\n");
     assert_eq!(s.get_record("auth", b"mod").unwrap().unwrap(), b"allow");
+    s.put_record("lists", b"a", b"").unwrap();
+    assert_eq!(
+        s.record_keys("lists").unwrap(),
+        [b"a".to_vec(), b"mod".to_vec()]
+    );
+    assert_eq!(s.record_keys("auth").unwrap(), [b"mod".to_vec()]);
+    assert!(s.remove_record("lists", b"a").unwrap());
 
     s.put_record("lists", b"mod", b"").unwrap();
     assert_eq!(s.get_record("lists", b"mod").unwrap().unwrap(), b"");

@@ -101,7 +101,13 @@ struct State {
     dirty_access: HashSet<String>,
     /// Unreferenced, unpinned fills whose chunks are still on disk.
     garbage: Vec<FillId>,
+    /// Keys an operator kept from eviction (persisted as records in [`KEPT`]); a key may be
+    /// kept before anything is stored under it.
+    kept: HashSet<String>,
 }
+
+/// Record namespace of the keys kept from eviction.
+const KEPT: &str = "kept";
 
 struct FillEntry {
     stage: Stage,
@@ -195,7 +201,11 @@ impl State {
         if excess == 0 {
             return Vec::new();
         }
-        let mut by_age: Vec<(&String, &Entry)> = self.entries.iter().collect();
+        let mut by_age: Vec<(&String, &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| !self.kept.contains(*key))
+            .collect();
         by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
         let mut victims = Vec::new();
         for (key, entry) in by_age {
@@ -281,6 +291,13 @@ impl<B: Backend> Engine<B> {
             .into_iter()
             .filter(|fill| !state.fills.contains_key(fill))
             .collect();
+
+        let prefix = codec::record_key(KEPT, b"")?;
+        backend.scan(Tree::Records, &prefix, &mut |key, _| {
+            if let Ok(key) = std::str::from_utf8(&key[prefix.len()..]) {
+                state.kept.insert(key.to_owned());
+            }
+        })?;
 
         let mut ticks = Vec::new();
         backend.scan(Tree::Access, &[], &mut |key, value| {
@@ -563,6 +580,57 @@ impl<B: Backend> ArtifactStore for Engine<B> {
         self.state().usage
     }
 
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let state = self.state();
+        let mut keys: Vec<String> = state
+            .entries
+            .keys()
+            .filter(|key| key.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn set_kept(&self, key: &str, kept: bool) -> Result<bool, StoreError> {
+        // Under the state lock so that the record and the in-memory set never disagree.
+        let mut state = self.state();
+        if state.kept.contains(key) == kept {
+            return Ok(false);
+        }
+        if kept {
+            self.backend().insert(
+                Tree::Records,
+                &codec::record_key(KEPT, key.as_bytes())?,
+                codec::envelope(&[]),
+            )?;
+            state.kept.insert(key.to_owned());
+        } else {
+            self.backend()
+                .remove(Tree::Records, &codec::record_key(KEPT, key.as_bytes())?)?;
+            state.kept.remove(key);
+        }
+        Ok(true)
+    }
+
+    fn kept(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.state().kept.iter().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn kept_usage(&self) -> Usage {
+        let state = self.state();
+        let mut usage = Usage::default();
+        for key in &state.kept {
+            if let Some(entry) = state.entries.get(key) {
+                usage.artifacts += 1;
+                usage.bytes += entry.len;
+            }
+        }
+        usage
+    }
+
     fn evict(&self, policy: &EvictionPolicy) -> Result<EvictionReport, StoreError> {
         // Deleting records does not hand space back to the filesystem at once (sled reclaims
         // it lazily), so the free-space shortfall becomes a byte target up front instead of
@@ -617,6 +685,15 @@ impl<B: Backend> ArtifactStore for Engine<B> {
                 Ok(None)
             }
         }
+    }
+
+    fn record_keys(&self, namespace: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = codec::record_key(namespace, b"")?;
+        let mut keys = Vec::new();
+        self.backend().scan(Tree::Records, &prefix, &mut |key, _| {
+            keys.push(key[prefix.len()..].to_vec());
+        })?;
+        Ok(keys)
     }
 
     fn remove_record(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError> {

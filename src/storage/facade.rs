@@ -115,6 +115,23 @@ impl Store {
         self.0.usage()
     }
 
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.0.keys(prefix)
+    }
+
+    pub async fn set_kept(&self, key: &str, kept: bool) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.set_kept(&key, kept)).await
+    }
+
+    pub fn kept(&self) -> Vec<String> {
+        self.0.kept()
+    }
+
+    pub fn kept_usage(&self) -> Usage {
+        self.0.kept_usage()
+    }
+
     pub async fn evict(&self, policy: EvictionPolicy) -> Result<EvictionReport, StoreError> {
         self.blocking(move |s| s.evict(&policy)).await
     }

@@ -157,13 +157,30 @@ pub trait ArtifactStore: Send + Sync + 'static {
 
     fn usage(&self) -> Usage;
 
-    /// Removes least-recently-used artifacts until `policy` is met.
+    /// Keys of committed artifacts starting with `prefix`, sorted. Memory only.
+    fn keys(&self, prefix: &str) -> Vec<String>;
+
+    /// Keeps `key` from eviction (`kept`) or lets it go again; persisted, and allowed before
+    /// anything is stored under `key`. True if that changed anything. Removal still removes.
+    fn set_kept(&self, key: &str, kept: bool) -> Result<bool, StoreError>;
+
+    /// Every key kept from eviction, sorted. Memory only.
+    fn kept(&self) -> Vec<String>;
+
+    /// Committed artifacts among the kept keys. Memory only.
+    fn kept_usage(&self) -> Usage;
+
+    /// Removes least-recently-used artifacts until `policy` is met; kept keys are never
+    /// removed, even when that leaves the policy unmet.
     fn evict(&self, policy: &EvictionPolicy) -> Result<EvictionReport, StoreError>;
 
     /// Small persisted metadata, kept apart from artifacts and never evicted.
     fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 
     fn get_record(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Keys of every record in `namespace`, in key order.
+    fn record_keys(&self, namespace: &str) -> Result<Vec<Vec<u8>>, StoreError>;
 
     /// True if the record existed.
     fn remove_record(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError>;

@@ -254,6 +254,26 @@ mod tests {
     }
 
     #[test]
+    fn kept_keys_survive_reopen() {
+        let (store, dir) = temp_sled();
+        store_artifact(&store, "kept", &[b"kkkk"]);
+        store_artifact(&store, "loose", &[b"llll"]);
+        store.set_kept("kept", true).unwrap();
+        store.set_kept("not-yet-stored", true).unwrap();
+        store.flush().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.kept(), ["kept", "not-yet-stored"]);
+        let nothing = EvictionPolicy {
+            max_bytes: Some(0),
+            min_free_bytes: None,
+        };
+        assert_eq!(store.evict(&nothing).unwrap().artifacts, 1);
+        assert!(store.lookup("kept").unwrap().is_some());
+    }
+
+    #[test]
     fn uncommitted_fill_is_reclaimed_on_reopen() {
         let (store, dir) = temp_sled();
         let fill = store.begin_fill("k").unwrap();

@@ -412,6 +412,24 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
         self.local.usage()
     }
 
+    /// Keys held in this replica's hot tier (the bucket may hold more).
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        self.local.keys(prefix)
+    }
+
+    /// Kept (pinned) keys belong to this replica's hot tier: the bucket never evicts.
+    fn set_kept(&self, key: &str, kept: bool) -> Result<bool, StoreError> {
+        self.local.set_kept(key, kept)
+    }
+
+    fn kept(&self) -> Vec<String> {
+        self.local.kept()
+    }
+
+    fn kept_usage(&self) -> Usage {
+        self.local.kept_usage()
+    }
+
     /// Evicts from the local tier only: the bucket keeps every artifact.
     fn evict(&self, policy: &EvictionPolicy) -> Result<EvictionReport, StoreError> {
         self.local.evict(policy)
@@ -423,6 +441,10 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
 
     fn get_record(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.local.get_record(namespace, key)
+    }
+
+    fn record_keys(&self, namespace: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.local.record_keys(namespace)
     }
 
     fn remove_record(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError> {

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod client;
 pub mod commands;
+pub mod events;
 pub mod fake_gitlab;
 pub mod fixtures;
 pub mod marshal;
