@@ -17,10 +17,12 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Settings that are plain counts (everything else is text: durations, sizes, paths).
-const COUNT_KEYS: [&str; 3] = [
+const COUNT_KEYS: [&str; 5] = [
     "upstream.max_redirects",
     "upstream.pool_max_idle",
     "upstream.failure_threshold",
+    "log.queue_lines",
+    "integrity.recheck",
 ];
 
 /// Settings that are switches (true or false).
@@ -46,6 +48,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
+    pub integrity: IntegrityConfig,
     pub log: LogConfig,
     /// File holding the admin API token; the admin API is off without it.
     pub admin_token_file: Option<PathBuf>,
@@ -194,6 +197,15 @@ impl Default for S3Config {
     }
 }
 
+/// Integrity pinning (see the `integrity` module).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntegrityConfig {
+    /// Re-ask GitLab in the background for one in this many cache hits of Go `.info` and
+    /// `.mod` files (with the caller's credentials), to notice moved tags early; 0: never.
+    pub recheck: u32,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -201,6 +213,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `gitlab_pkg_cache=debug`.
     pub filter: String,
+    /// Log lines queued for the writer thread; beyond it lines are dropped (and counted)
+    /// rather than making requests wait for a slow log consumer.
+    pub queue_lines: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -221,6 +236,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
+            integrity: IntegrityConfig::default(),
             log: LogConfig::default(),
             admin_token_file: None,
             offline: OfflineConfig::default(),
@@ -284,6 +300,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             filter: "info".to_owned(),
+            queue_lines: 65_536,
         }
     }
 }
@@ -448,6 +465,11 @@ impl Config {
                 "cache.metadata_max_stale must be at least cache.metadata_ttl".to_owned(),
             ));
         }
+        if self.log.queue_lines == 0 {
+            return Err(ConfigError::Invalid(
+                "log.queue_lines must be at least 1".to_owned(),
+            ));
+        }
         if self.upstream.failure_threshold == 0 {
             return Err(ConfigError::Invalid(
                 "upstream.failure_threshold must be at least 1".to_owned(),
@@ -556,6 +578,8 @@ pub enum Command {
     Import(crate::cli::bundle::ImportArgs),
     /// Create an Ed25519 key pair for signing bundles.
     Keygen(crate::cli::bundle::KeygenArgs),
+    /// Operator calls to a running proxy: stats, integrity, purge, verify.
+    Admin(crate::cli::admin::AdminArgs),
 }
 
 /// Every setting that can come from a flag or its environment variable.
@@ -943,6 +967,24 @@ pub struct Overrides {
         value_name = "FILE"
     )]
     pub offline_tokens_file: Option<String>,
+    /// Log lines queued before new ones are dropped [default: 65536].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_LOG_QUEUE_LINES",
+        value_name = "N"
+    )]
+    pub log_queue_lines: Option<String>,
+    /// Re-ask GitLab for one in N hits of Go .info/.mod to notice moved tags; 0: never [default: 0].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_INTEGRITY_RECHECK",
+        value_name = "N"
+    )]
+    pub integrity_recheck: Option<String>,
 }
 
 impl Overrides {
@@ -1001,6 +1043,8 @@ impl Overrides {
             "admin_token_file" => admin_token_file,
             "offline.enabled" => offline,
             "offline.tokens_file" => offline_tokens_file,
+            "log.queue_lines" => log_queue_lines,
+            "integrity.recheck" => integrity_recheck,
         ];
         let format = self.log_format.map(|format| match format {
             LogFormat::Text => "text".to_owned(),

@@ -9,7 +9,7 @@
 //! Data flows one way: listener → service → route → auth → cache → (storage | upstream).
 //!
 //! - [`config`]: one typed tree, TOML < environment < flags.
-//! - [`telemetry`]: log set-up and the access-log event.
+//! - [`telemetry`]: log set-up (non-blocking writer) and the access-log event.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`state`]: everything built once at start-up.
 //! - [`service`]: the request flow and `x-cache`; a dispatcher over one file per class of
@@ -21,13 +21,16 @@
 //!   through leases in the shared bucket) and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes) from the gems' own metadata.
+//! - [`integrity`]: first-copy fingerprints (SHA-256, Go `h1:`) and the changes seen since.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
 //! - [`upstream`]: the pooled client towards GitLab.
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
-//! - [`admin`]: the token-protected admin API under `/-/pkg-cache/admin/` (pins, …), audited.
+//! - [`admin`]: the token-protected admin API under `/-/pkg-cache/admin/` (pins, bundles,
+//!   stats, integrity, purge, verify), audited.
 //! - [`airgap`]: `warm` from go.sum / Gemfile.lock with hash verification, and its client.
-//! - [`cli`]: the client subcommands (`warm`), thin over the library and the admin API.
+//! - [`cli`]: the client subcommands (`warm`, `export`, `import`, `admin …`), thin over the
+//!   library and the admin API.
 //! - [`error`]: one error type and its one status map; [`body`]: body plumbing; [`tls`].
 
 pub mod admin;
@@ -41,6 +44,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod gems;
+pub mod integrity;
 pub mod metrics;
 pub mod protocol;
 pub mod route;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::bundle::export(args, admin_token_file.as_deref()),
         Command::Import(args) => cli::bundle::import(args, admin_token_file.as_deref()),
         Command::Keygen(args) => cli::bundle::keygen(args),
+        Command::Admin(args) => cli::admin::main(args, admin_token_file.as_deref()),
         Command::Config => with_config(&cli.overrides, print_config),
         Command::Serve => with_config(&cli.overrides, serve),
     }
@@ -46,10 +47,13 @@ fn print_config(config: Config) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    if let Err(e) = telemetry::init(&config.log) {
-        eprintln!("gitlab-pkg-cache: {e}");
-        return ExitCode::from(2);
-    }
+    let log = match telemetry::init(&config.log) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("gitlab-pkg-cache: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,6 +73,7 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        state.metrics.count_dropped_log_lines(log.dropped_lines());
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(e) => {

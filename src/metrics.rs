@@ -1,5 +1,7 @@
 //! Prometheus metrics (prometheus-client): what is counted, and its text exposition.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,6 +13,24 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cache::CacheOutcome;
+
+/// Artifacts whose hits are counted at once; beyond it, those seen once are forgotten.
+const MAX_COUNTED_ARTIFACTS: usize = 10_000;
+
+/// What the cache saved since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheTotals {
+    /// Requests answered from cache (hit, coalesced, stale).
+    pub cached: u64,
+    /// Requests of cacheable routes GitLab had to answer.
+    pub missed: u64,
+    /// Response body bytes served from cache: what GitLab did not have to send.
+    pub bytes_from_cache: u64,
+    pub bytes_from_gitlab: u64,
+}
+
+/// Reads a count kept elsewhere.
+type DropSource = Box<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -103,6 +123,12 @@ pub struct Snapshot {
     pub fill_waiters: u64,
     pub store_bytes: u64,
     pub store_artifacts: u64,
+    /// The store's budget (`store.max_bytes`).
+    pub store_max_bytes: u64,
+    /// The free-space floor (`store.min_free_bytes`).
+    pub store_min_free_bytes: u64,
+    /// Free space on the store's file system.
+    pub store_free_bytes: u64,
     pub memory_bytes: u64,
     pub upstream_up: bool,
 }
@@ -117,10 +143,25 @@ pub struct Metrics {
     evicted_artifacts: Counter,
     evicted_bytes: Counter,
     corrupt: Counter,
+    integrity_changes: Family<KindLabels, Counter>,
+    log_lines_dropped: Counter,
+    /// Reads the log writer's dropped-line count, and the value last copied into the counter.
+    log_drops: Mutex<Option<(DropSource, u64)>>,
+    /// Since start, for `admin stats`: requests answered from cache, requests GitLab answered
+    /// for a cacheable route, and body bytes by source.
+    cached_requests: AtomicU64,
+    missed_requests: AtomicU64,
+    bytes_from_cache: AtomicU64,
+    bytes_from_gitlab: AtomicU64,
+    /// Cache hits per artifact key, bounded by [`MAX_COUNTED_ARTIFACTS`].
+    artifact_hits: Mutex<HashMap<String, u64>>,
     fills_in_flight: Gauge,
     fill_waiters: Gauge,
     store_bytes: Gauge,
     store_artifacts: Gauge,
+    store_max_bytes: Gauge,
+    store_min_free_bytes: Gauge,
+    store_free_bytes: Gauge,
     memory_bytes: Gauge,
     upstream_up: Gauge,
 }
@@ -151,10 +192,21 @@ impl Metrics {
             evicted_artifacts: Counter::default(),
             evicted_bytes: Counter::default(),
             corrupt: Counter::default(),
+            integrity_changes: Family::default(),
+            log_lines_dropped: Counter::default(),
+            log_drops: Mutex::new(None),
+            cached_requests: AtomicU64::new(0),
+            missed_requests: AtomicU64::new(0),
+            bytes_from_cache: AtomicU64::new(0),
+            bytes_from_gitlab: AtomicU64::new(0),
+            artifact_hits: Mutex::default(),
             fills_in_flight: Gauge::default(),
             fill_waiters: Gauge::default(),
             store_bytes: Gauge::default(),
             store_artifacts: Gauge::default(),
+            store_max_bytes: Gauge::default(),
+            store_min_free_bytes: Gauge::default(),
+            store_free_bytes: Gauge::default(),
             memory_bytes: Gauge::default(),
             upstream_up: Gauge::default(),
         };
@@ -199,6 +251,16 @@ impl Metrics {
             metrics.corrupt.clone(),
         );
         registry.register(
+            "integrity_changes",
+            "GitLab content seen for a cached version that differs from the first copy, by artifact kind",
+            metrics.integrity_changes.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log consumer did not keep up (requests never wait for it)",
+            metrics.log_lines_dropped.clone(),
+        );
+        registry.register(
             "fills_in_flight",
             "Artifact fills from GitLab under way",
             metrics.fills_in_flight.clone(),
@@ -219,6 +281,21 @@ impl Metrics {
             metrics.store_artifacts.clone(),
         );
         registry.register(
+            "store_max_bytes",
+            "The store's budget (store.max_bytes); least recently used artifacts are evicted beyond it",
+            metrics.store_max_bytes.clone(),
+        );
+        registry.register(
+            "store_min_free_bytes",
+            "Free space the proxy keeps on the store's file system (store.min_free_bytes)",
+            metrics.store_min_free_bytes.clone(),
+        );
+        registry.register(
+            "store_free_bytes",
+            "Free space on the store's file system",
+            metrics.store_free_bytes.clone(),
+        );
+        registry.register(
             "memory_tier_bytes",
             "Bytes held by the in-memory metadata tier",
             metrics.memory_bytes.clone(),
@@ -234,6 +311,14 @@ impl Metrics {
         }
     }
 
+    /// Exposes the log writer's count of dropped lines (read at each scrape).
+    pub fn count_dropped_log_lines(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        *self
+            .log_drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Box::new(source), 0));
+    }
+
     /// One finished request, with the bytes its body carried.
     pub fn request(&self, route: &'static str, status: u16, outcome: CacheOutcome, bytes: u64) {
         self.requests
@@ -244,13 +329,75 @@ impl Metrics {
             })
             .inc();
         let source = match outcome {
-            CacheOutcome::Hit | CacheOutcome::Coalesced | CacheOutcome::Stale => "cache",
-            CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Refused => "gitlab",
+            CacheOutcome::Hit | CacheOutcome::Coalesced | CacheOutcome::Stale => {
+                self.cached_requests.fetch_add(1, Ordering::Relaxed);
+                self.bytes_from_cache.fetch_add(bytes, Ordering::Relaxed);
+                "cache"
+            }
+            CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Refused => {
+                if outcome == CacheOutcome::Miss {
+                    self.missed_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                self.bytes_from_gitlab.fetch_add(bytes, Ordering::Relaxed);
+                "gitlab"
+            }
             CacheOutcome::Local => "local",
         };
         self.bytes
             .get_or_create(&SourceLabels { source })
             .inc_by(bytes);
+    }
+
+    /// Requests and bytes since start, as `admin stats` reports them.
+    pub fn cache_totals(&self) -> CacheTotals {
+        CacheTotals {
+            cached: self.cached_requests.load(Ordering::Relaxed),
+            missed: self.missed_requests.load(Ordering::Relaxed),
+            bytes_from_cache: self.bytes_from_cache.load(Ordering::Relaxed),
+            bytes_from_gitlab: self.bytes_from_gitlab.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One request for the stored artifact `key` answered from cache.
+    pub fn artifact_hit(&self, key: &str) {
+        let mut hits = self
+            .artifact_hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = hits.get_mut(key) {
+            *count += 1;
+            return;
+        }
+        if hits.len() >= MAX_COUNTED_ARTIFACTS {
+            hits.retain(|_, count| *count > 1);
+            if hits.len() >= MAX_COUNTED_ARTIFACTS {
+                return;
+            }
+        }
+        hits.insert(key.to_owned(), 1);
+    }
+
+    /// The `n` artifacts most often answered from cache since start, most first.
+    pub fn top_artifacts(&self, n: usize) -> Vec<(String, u64)> {
+        let hits = self
+            .artifact_hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut top: Vec<(String, u64)> = hits.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
+    }
+
+    /// Forgets the hit counts of artifacts that were purged.
+    pub fn forget_artifacts(&self, keys: &[String]) {
+        let mut hits = self
+            .artifact_hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in keys {
+            hits.remove(key);
+        }
     }
 
     pub fn upstream_answered(&self, took: Duration) {
@@ -280,6 +427,21 @@ impl Metrics {
         self.corrupt.inc();
     }
 
+    pub fn integrity_change(&self, kind: &str) {
+        // Kinds are route names; anything else is folded so labels stay a fixed set.
+        let kind = match kind {
+            "go_info" => "go_info",
+            "go_mod" => "go_mod",
+            "go_zip" => "go_zip",
+            "gem_file" => "gem_file",
+            "gem_gemspec" => "gem_gemspec",
+            _ => "other",
+        };
+        self.integrity_changes
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
     /// The text exposition, with the gauges set from `snapshot`.
     pub fn encode(&self, snapshot: Snapshot) -> String {
         let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -287,8 +449,23 @@ impl Metrics {
         self.fill_waiters.set(as_gauge(snapshot.fill_waiters));
         self.store_bytes.set(as_gauge(snapshot.store_bytes));
         self.store_artifacts.set(as_gauge(snapshot.store_artifacts));
+        self.store_max_bytes.set(as_gauge(snapshot.store_max_bytes));
+        self.store_min_free_bytes
+            .set(as_gauge(snapshot.store_min_free_bytes));
+        self.store_free_bytes
+            .set(as_gauge(snapshot.store_free_bytes));
         self.memory_bytes.set(as_gauge(snapshot.memory_bytes));
         self.upstream_up.set(i64::from(snapshot.upstream_up));
+        if let Some((source, copied)) = self
+            .log_drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            let now = source();
+            self.log_lines_dropped.inc_by(now.saturating_sub(*copied));
+            *copied = now.max(*copied);
+        }
         let registry = self
             .registry
             .lock()

@@ -8,13 +8,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::AdminToken;
 use crate::airgap::offline::OfflinePolicy;
 use crate::auth::{FingerprintKey, Gate};
-use crate::cache::fill::Fills;
+use crate::cache::fill::{Fills, CHUNK_SIZE};
 use crate::cache::flight::Flights;
 use crate::cache::lease::Leases;
 use crate::cache::memory::MemoryTier;
 use crate::config::{Config, S3Config};
 use crate::error::Error;
 use crate::gems::catalog::Catalogs;
+use crate::integrity::Integrity;
 use crate::metrics::Metrics;
 use crate::storage::s3::{Bucket, S3Credentials, S3Settings};
 use crate::storage::{ArtifactStore, SledStore, Store, TieredStore};
@@ -36,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Artifact fills in flight, and the store they write to.
     pub fills: Fills,
+    /// First-copy fingerprints and the changes GitLab's content went through since.
+    pub integrity: Integrity,
     pub upstream: Upstream,
     /// Per-project RubyGems catalogs (compact index, gemspecs, spec indexes).
     pub catalogs: Catalogs,
@@ -138,10 +141,14 @@ impl AppState {
             metrics.clone(),
         )?;
         let store = Store::new(store);
-        let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone());
+        let integrity = Integrity::new(store.clone(), metrics.clone(), CHUNK_SIZE)
+            .with_recheck(config.integrity.recheck);
+        let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone())
+            .with_integrity(integrity.clone());
         Ok(Arc::new(AppState {
             fills,
             catalogs: Catalogs::new(config.cache.metadata_ttl),
+            integrity,
             gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
             memory: MemoryTier::new(
                 config.cache.memory_max_bytes.as_u64(),

@@ -1,5 +1,7 @@
-//! Logging: tracing-subscriber set up as text or JSON, and the one access-log event per request.
+//! Logging: tracing-subscriber set up as text or JSON behind a non-blocking writer, and the one
+//! access-log event per request.
 
+use std::io::IsTerminal;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,24 +10,57 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use http_body::{Frame, SizeHint};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::cache::CacheOutcome;
 use crate::config::{LogConfig, LogFormat};
 use crate::metrics::Metrics;
 
-/// Installs the global subscriber. Fails if the filter does not parse.
-pub fn init(config: &LogConfig) -> Result<(), String> {
+/// Keeps the log writer thread running; dropping it writes out what is still queued. Hold
+/// it for the life of the process.
+pub struct LogGuard {
+    _worker: WorkerGuard,
+    dropped: ErrorCounter,
+}
+
+impl LogGuard {
+    /// Lines dropped so far because the queue to the writer thread was full.
+    pub fn dropped_lines(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let dropped = self.dropped.clone();
+        move || dropped.dropped_lines() as u64
+    }
+}
+
+/// Installs the global subscriber, writing to standard output from a thread of its own
+/// through a queue of `queue_lines`: a consumer that stops reading (a full pipe, a stuck
+/// collector) costs dropped lines, never a stalled request. Colours only on a terminal.
+/// Fails if the filter does not parse.
+pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&config.filter)
         .map_err(|e| format!("log filter {:?}: {e}", config.filter))?;
+    let stdout = std::io::stdout();
+    let ansi = stdout.is_terminal();
+    let (writer, worker) = NonBlockingBuilder::default()
+        .buffered_lines_limit(config.queue_lines)
+        .lossy(true)
+        .thread_name("gitlab-pkg-cache-log")
+        .finish(stdout);
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(ansi)
+        .with_writer(writer);
     let result = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| format!("installing the logger: {e}"))
+    result.map_err(|e| format!("installing the logger: {e}"))?;
+    Ok(LogGuard {
+        _worker: worker,
+        dropped,
+    })
 }
 
 /// What the access log says about one request. It never holds a query string or a header:

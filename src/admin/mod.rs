@@ -10,8 +10,11 @@
 pub mod audit;
 pub mod auth;
 mod bundles;
+mod integrity;
 mod pins;
+mod purge;
 pub mod select;
+mod stats;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -49,6 +52,16 @@ pub enum Action {
     Export,
     /// `POST import`: a bundle, streamed in, verified, then published and pinned.
     Import,
+    /// `GET stats`: per-project usage, hit ratio, bytes saved, most requested artifacts.
+    Stats,
+    /// `GET integrity`: content GitLab changed under a cached version.
+    Integrity,
+    /// `POST purge`: remove a selection and its first-copy fingerprints.
+    Purge,
+    /// `POST verify`: re-read the whole store in the background, dropping damage.
+    VerifyStart,
+    /// `GET verify`: the verification under way or the last one.
+    VerifyReport,
 }
 
 impl Action {
@@ -61,6 +74,11 @@ impl Action {
             ("POST", "unpin") => Action::Unpin,
             ("POST", "export") => Action::Export,
             ("POST", "import") => Action::Import,
+            ("GET", "stats") => Action::Stats,
+            ("GET", "integrity") => Action::Integrity,
+            ("POST", "purge") => Action::Purge,
+            ("POST", "verify") => Action::VerifyStart,
+            ("GET", "verify") => Action::VerifyReport,
             _ => return None,
         };
         Some(action)
@@ -74,6 +92,11 @@ impl Action {
             Action::Unpin => "unpin",
             Action::Export => "export",
             Action::Import => "import",
+            Action::Stats => "stats",
+            Action::Integrity => "integrity",
+            Action::Purge => "purge",
+            Action::VerifyStart => "verify.start",
+            Action::VerifyReport => "verify.report",
         }
     }
 }
@@ -240,6 +263,11 @@ async fn dispatch(state: &Arc<AppState>, action: Action, call: Call) -> Result<R
         Action::Unpin => pins::unpin(state, call).await,
         Action::Export => bundles::export(state, call).await,
         Action::Import => bundles::import(state, call).await,
+        Action::Stats => stats::stats(state, call).await,
+        Action::Integrity => integrity::changes(state, call).await,
+        Action::Purge => purge::purge(state, call).await,
+        Action::VerifyStart => integrity::start_verify(state, call).await,
+        Action::VerifyReport => integrity::verify_report(state, call).await,
     }
 }
 

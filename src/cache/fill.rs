@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::{self, Body, BoxError};
+use crate::integrity::{Integrity, Verdict};
 use crate::metrics::Metrics;
 use crate::storage::{ArtifactMeta, Commit, EvictionPolicy, FillId, PinGuard, Store, StoreError};
 
@@ -66,6 +67,8 @@ pub struct Fills {
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    /// Checks complete fills against the first copy of their key before they are published.
+    integrity: Option<Integrity>,
 }
 
 /// Counts a caller as waiting on another's fill for as long as it lives.
@@ -86,7 +89,15 @@ impl Fills {
             waiting: Arc::default(),
             metrics,
             tasks: Arc::default(),
+            integrity: None,
         }
+    }
+
+    /// Fills check their content against the first copy of their key: a fill whose content
+    /// differs is served to its readers but never published (see [`crate::integrity`]).
+    pub fn with_integrity(mut self, integrity: Integrity) -> Fills {
+        self.integrity = Some(integrity);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -407,6 +418,7 @@ impl FillTask {
                 self.store_failed(&e).await;
                 return;
             }
+            written += 1;
         }
         if let Some(declared) = self.head.content_length.filter(|&declared| declared != len) {
             tracing::warn!(key = %self.key, declared, received = len, "length mismatch; nothing stored");
@@ -416,9 +428,35 @@ impl FillTask {
                 .await;
             return;
         }
+        let sha256: [u8; 32] = hasher.finalize().into();
+        let verdict = match &self.fills.integrity {
+            Some(integrity) => integrity.check_fill(&self.key, fill, len, sha256).await,
+            None => Verdict::Unknown,
+        };
+        if verdict == Verdict::Changed {
+            // GitLab now answers other content than the first copy had: this fill's readers
+            // get it (it is GitLab's answer), but it is not kept; the first copy stays pinned.
+            let meta = ArtifactMeta {
+                fill,
+                len,
+                sha256,
+                chunk_count: written,
+                headers: self.head.headers.clone(),
+                stored_at_unix: 0,
+            };
+            store.abort_fill(fill).await;
+            self.fills.finish(
+                &self.key,
+                &self.tx,
+                Progress::Done {
+                    meta: Arc::new(meta),
+                },
+            );
+            return;
+        }
         let commit = Commit {
             len,
-            sha256: hasher.finalize().into(),
+            sha256,
             headers: self.head.headers.clone(),
         };
         match store.commit_fill(&self.key, fill, commit).await {
@@ -431,6 +469,9 @@ impl FillTask {
                         meta: Arc::new(meta),
                     },
                 );
+                if let (Verdict::First, Some(integrity)) = (&verdict, &self.fills.integrity) {
+                    integrity.pin_first(&self.key, fill, len, sha256).await;
+                }
                 self.evict_if_over_budget(&store).await;
             }
             Err(e) => {

@@ -103,7 +103,7 @@ fn signature_path(bundle: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn admin_token(file: Option<&Path>) -> Result<String, String> {
+pub(super) fn admin_token(file: Option<&Path>) -> Result<String, String> {
     let file = file.ok_or(
         "the admin token is needed: --admin-token-file or GITLAB_PKG_CACHE_ADMIN_TOKEN_FILE",
     )?;
@@ -216,7 +216,7 @@ async fn run_export(args: &ExportArgs, admin_token_file: Option<&Path>) -> Resul
     ))
 }
 
-async fn error_text(response: http::Response<hyper::body::Incoming>) -> String {
+pub(super) async fn error_text(response: http::Response<hyper::body::Incoming>) -> String {
     let status = response.status();
     let bytes = response
         .into_body()

@@ -1,6 +1,7 @@
 //! The client subcommands (`warm`, `export`, `import`, `keygen`): thin over the library, talking to a running proxy;
 //! none of them opens the store behind the server's back.
 
+pub mod admin;
 pub mod bundle;
 pub mod warm;
 

@@ -7,6 +7,7 @@ mod gems;
 mod metadata;
 mod offline;
 mod operations;
+mod recheck;
 mod relay;
 mod upload;
 
@@ -26,6 +27,7 @@ use crate::error::Error;
 use crate::route::{CacheClass, Endpoint, PackageRoute};
 use crate::state::AppState;
 use crate::telemetry::{AccessLog, LoggedBody};
+use crate::upstream::forward_headers;
 
 /// A response and how it came to be.
 pub struct Handled {
@@ -71,7 +73,7 @@ pub async fn handle(
         Ok(Endpoint::Package(route)) => package(&state, route, request, peer.ip()).await,
         Ok(Endpoint::Health) => Ok(plain(StatusCode::OK, "ok\n".to_owned())),
         Ok(Endpoint::Ready) => Ok(operations::ready(&state).await),
-        Ok(Endpoint::Metrics) => Ok(operations::metrics(&state)),
+        Ok(Endpoint::Metrics) => Ok(operations::metrics(&state).await),
         Ok(Endpoint::Admin) => Ok(Handled::new(
             crate::admin::handle(&state, request, peer.ip()).await,
             CacheOutcome::Local,
@@ -158,7 +160,21 @@ async fn package(
             gems::synthesized(state, &route, &decision, request, client).await
         }
         CacheClass::Metadata => metadata::metadata(state, &route, &decision, request, client).await,
-        CacheClass::Artifact => artifact::artifact(state, &route, &decision, request, client).await,
+        CacheClass::Artifact => {
+            // A sampled hit of a Go `.info`/`.mod` is asked of GitLab again in the background.
+            let recheck = state
+                .integrity
+                .sample_recheck(&route)
+                .then(|| forward_headers(request.headers(), client, true));
+            let handled = artifact::artifact(state, &route, &decision, request, client).await?;
+            if handled.outcome == CacheOutcome::Hit {
+                state.metrics.artifact_hit(&route.content_key());
+                if let Some(headers) = recheck {
+                    recheck::spawn(state, &route, headers);
+                }
+            }
+            Ok(handled)
+        }
         CacheClass::PassThrough => relay::relay_route(state, &route, None, request, client).await,
         CacheClass::Upload => upload::upload(state, &route, request, client).await,
     }

@@ -30,9 +30,20 @@ pub(super) async fn ready(state: &AppState) -> Handled {
 }
 
 /// `/-/pkg-cache/metrics`: Prometheus text exposition.
-pub(super) fn metrics(state: &AppState) -> Handled {
+pub(super) async fn metrics(state: &AppState) -> Handled {
     let usage = state.fills.store().usage();
+    let store_path = state.config.store_path();
+    // One statvfs call, off the runtime like any file-system call; 0 if it fails (the
+    // headroom alert then fires rather than staying silent).
+    let free = tokio::task::spawn_blocking(move || fs4::available_space(&store_path))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
     let text = state.metrics.encode(Snapshot {
+        store_max_bytes: state.config.store.max_bytes.as_u64(),
+        store_min_free_bytes: state.config.store.min_free_bytes.as_u64(),
+        store_free_bytes: free,
         fills_in_flight: state.fills.in_flight() as u64,
         fill_waiters: state.fills.waiting() as u64,
         store_bytes: usage.bytes,

@@ -28,7 +28,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -318,7 +318,8 @@ impl FakeGitLabBuilder {
         let listener = bind().await;
         let url = format!("http://{}", local_addr(&listener));
         let shared = Arc::new(Shared {
-            instance,
+            host: instance.host.clone(),
+            instance: RwLock::new(Arc::new(instance)),
             era: Mutex::new(self.era),
             down: AtomicBool::new(false),
             log: Mutex::default(),
@@ -390,7 +391,7 @@ impl FakeGitLab {
 
     /// The GitLab host that Go module paths start with.
     pub fn host(&self) -> &str {
-        &self.shared.instance.host
+        &self.shared.host
     }
 
     pub fn set_era(&self, era: RubyGemsEra) {
@@ -483,6 +484,49 @@ impl FakeGitLab {
             .is_some_and(|store| store.saw_credentials())
     }
 
+    /// Moves the repository tag `version` of a project to another commit (a force-pushed
+    /// tag): its commit time and whole tree become `time` and `files`. GitLab builds `.info`,
+    /// `.mod` and `.zip` from the tag on every request, so they change at once.
+    pub fn move_tag(
+        &self,
+        project_id: u64,
+        version: &str,
+        time: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) {
+        self.shared.change_instance(|instance| {
+            let tag = instance
+                .projects
+                .iter_mut()
+                .find(|p| p.id == project_id)
+                .and_then(|p| p.tags.iter_mut().find(|t| t.name == version))
+                .unwrap_or_else(|| panic!("project {project_id} has no tag {version}"));
+            tag.time = time.to_owned();
+            tag.files = files
+                .into_iter()
+                .map(|(path, contents)| (path, Bytes::from(contents)))
+                .collect();
+        });
+    }
+
+    /// Stores another package of a gem version after start, as a second push of the same
+    /// version does in GitLab (a duplicate; downloads then serve the later one).
+    pub fn push_gem(&self, project_id: u64, gem: GemFixture) {
+        assert!(
+            self.shared.object_store.is_none(),
+            "push_gem is not modelled together with object_store_redirects"
+        );
+        self.shared.change_instance(|instance| {
+            let project = instance
+                .projects
+                .iter_mut()
+                .find(|p| p.id == project_id)
+                .unwrap_or_else(|| panic!("project {project_id} is not declared"));
+            project.packages.push(GemPackage::new(gem));
+            project.spec_indexes = rubygems::spec_indexes(&project.packages);
+        });
+    }
+
     /// Stops both listeners and every open connection, and waits until they are gone.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
@@ -505,7 +549,11 @@ impl Drop for FakeGitLab {
 
 /// Everything the request handlers share: the fixtures and what happened at run time.
 struct Shared {
-    instance: Instance,
+    /// The instance's host, which never changes.
+    host: String,
+    /// Replaced whole when a test changes the repository or the registry at run time, so a
+    /// request in flight keeps the snapshot it started with.
+    instance: RwLock<Arc<Instance>>,
     era: Mutex<RubyGemsEra>,
     down: AtomicBool,
     log: Mutex<RequestLog>,
@@ -515,6 +563,21 @@ struct Shared {
     object_store: Option<Arc<ObjectStore>>,
     /// Becomes true at shutdown; hanging requests wait for it so they end with the server.
     shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The instance as it is now.
+    fn instance(&self) -> Arc<Instance> {
+        Arc::clone(&self.instance.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Applies `change` to a copy of the instance and makes the copy current.
+    fn change_instance(&self, change: impl FnOnce(&mut Instance)) {
+        let mut current = self.instance.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = Instance::clone(&current);
+        change(&mut next);
+        *current = Arc::new(next);
+    }
 }
 
 #[derive(Default)]

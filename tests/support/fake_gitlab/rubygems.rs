@@ -33,7 +33,8 @@ pub(super) async fn answer(
     endpoint: RubyGemsEndpoint,
     body: hyper::body::Incoming,
 ) -> Reply {
-    let instance = &shared.instance;
+    let instance = shared.instance();
+    let instance = &*instance;
     let caller = auth::rubygems_caller(instance, era, call);
     let is_upload = matches!(endpoint, RubyGemsEndpoint::Upload);
     if is_upload && caller.as_ref().is_ok_and(Caller::is_anonymous) {

@@ -150,12 +150,12 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Bytes>
                         project,
                         module,
                         endpoint,
-                    } => go::answer(&shared.instance, &call, &project, &module, &endpoint),
+                    } => go::answer(&shared.instance(), &call, &project, &module, &endpoint),
                     Route::RubyGems { project, endpoint } => {
                         rubygems::answer(shared, era, &call, &project, endpoint, body).await
                     }
                     Route::Packages { project } => {
-                        packages::answer(&shared.instance, &call, &project)
+                        packages::answer(&shared.instance(), &call, &project)
                     }
                 }
             }
