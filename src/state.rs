@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{FingerprintKey, Gate};
+use crate::cache::artifact_memory::ArtifactMemory;
 use crate::cache::fill::Fills;
 use crate::cache::flight::Flights;
 use crate::cache::memory::MemoryTier;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub key: FingerprintKey,
     pub gate: Gate,
     pub memory: MemoryTier,
+    /// Records of stored artifacts and the bytes of small ones.
+    pub artifacts: ArtifactMemory,
     /// Metadata misses at GitLab now, so concurrent ones for a key wait for the first.
     pub flights: Flights,
     /// Content keys whose background refresh is under way (one at a time per key).
@@ -75,10 +78,16 @@ impl AppState {
             metrics.clone(),
         )?;
         let store = Store::new(store);
-        let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone());
+        let artifacts = ArtifactMemory::new(
+            config.cache.artifact_memory_max_bytes.as_u64(),
+            config.cache.artifact_memory_entry_max_bytes.as_u64(),
+        );
+        let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone())
+            .with_memory(artifacts.clone());
         Ok(Arc::new(AppState {
             fills,
             catalogs: Catalogs::new(config.cache.metadata_ttl),
+            artifacts,
             gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
             memory: MemoryTier::new(
                 config.cache.memory_max_bytes.as_u64(),
