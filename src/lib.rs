@@ -17,7 +17,8 @@
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
 //! - [`auth`]: credential fingerprints and GitLab's remembered decisions; [`credentials`]
 //!   moves client credentials to where GitLab reads them.
-//! - [`cache`]: the memory tier, single-flight fills and cache outcomes.
+//! - [`cache`]: the metadata memory tier, the artifact memory tier, single-flight fills,
+//!   the piecewise reader of stored artifacts, and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes) from the gems' own metadata.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait.
