@@ -571,7 +571,10 @@ fn damaged_chunk_opened_fails_at_its_end<B: Backend>(s: &Engine<B>) {
             }
         }
     };
-    assert!(matches!(failed, Some(StoreError::Corrupt { .. })), "{failed:?}");
+    assert!(
+        matches!(failed, Some(StoreError::Corrupt { .. })),
+        "{failed:?}"
+    );
 }
 
 fn touch_if_current_follows_replacement_removal_and_eviction<B: Backend>(s: &Engine<B>) {
