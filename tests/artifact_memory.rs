@@ -268,7 +268,9 @@ async fn what_the_store_lets_go_of_is_not_served_from_memory() {
         })
         .await
         .expect("evict");
-    assert!(evicted.artifacts >= 2);
+    // The refetched gem may still be committing; the `.info` is certainly gone.
+    assert!(evicted.artifacts >= 1);
+    assert!(!is_stored(&store, &info));
     fake.reset_hits();
     let after = get(&proxy, &info, &[]).await;
     assert_eq!((after.status, after.header("x-cache")), (200, Some("miss")));
