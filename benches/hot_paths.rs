@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Every request pays for route parsing, the credential fingerprint and the authorization
-//! lookup; a metadata hit adds the memory tier, an artifact hit a store read. The last group
+//! lookup; a metadata hit adds the memory tier, a small artifact's hit the artifact memory
+//! tier, a large artifact's hit a store read. The last group
 //! puts them together: an in-process proxy in front of the fake GitLab, read by a pooled
 //! hyper client over loopback, reported in bytes per second.
 
@@ -19,11 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gitlab_pkg_cache::auth::{Caller, DecisionKey, FingerprintKey, Gate};
+use gitlab_pkg_cache::cache::artifact_memory::ArtifactMemory;
 use gitlab_pkg_cache::cache::fill::CHUNK_SIZE;
 use gitlab_pkg_cache::cache::memory::{CachedResponse, MemoryTier};
+use gitlab_pkg_cache::cache::reader::PIECE;
 use gitlab_pkg_cache::config::StoreConfig;
 use gitlab_pkg_cache::route::{Api, Endpoint};
-use gitlab_pkg_cache::storage::{ArtifactStore, Commit, SledStore, Store};
+use gitlab_pkg_cache::storage::{ArtifactStore, Cached, Commit, MemoryStore, SledStore, Store};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -136,6 +139,31 @@ fn memory_tier(c: &mut Criterion) {
     });
 }
 
+/// The artifact memory tier's hit: the entry, then the store's in-memory check that the
+/// same fill is still current (no sled, no blocking pool).
+fn artifact_memory(c: &mut Criterion) {
+    let store = MemoryStore::new();
+    let key = "/api/v4/projects/20/packages/go/gitlab.example.com/bench/private/@v/v1.0.0.info";
+    let info = Bytes::from_static(br#"{"Version":"v1.0.0","Time":"2024-05-01T10:00:00Z"}"#);
+    let fill = store.begin_fill(key).expect("begin fill");
+    store.write_chunk(fill, 0, &info).expect("write chunk");
+    let commit = Commit {
+        len: info.len() as u64,
+        sha256: Sha256::digest(&info).into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+    };
+    let meta = store.commit_fill(key, fill, commit).expect("commit");
+    let memory = ArtifactMemory::new(64 * MB as u64, 256 * 1024);
+    memory.keep(key, &meta, Some(info));
+    c.bench_function("artifact_memory_hit", |b| {
+        b.iter(|| {
+            let kept = memory.get(black_box(key)).expect("kept");
+            assert!(store.touch_if_current(key, kept.fill));
+            black_box(kept.body.as_ref().map(Bytes::len))
+        })
+    });
+}
+
 fn store_read(c: &mut Criterion) {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -178,6 +206,32 @@ fn store_read(c: &mut Criterion) {
             assert_eq!(read, MB);
         })
     });
+    // What a response reads now: each chunk opened once, then 64 KiB pieces into one
+    // reused buffer, from the page cache where it can (CRC checked as it goes).
+    group.bench_function("pieces", |b| {
+        let mut buf = vec![0u8; PIECE];
+        b.iter(|| {
+            let (meta, _pin) = sled.lookup_pinned(key).expect("lookup").expect("stored");
+            let mut read = 0;
+            for index in 0..meta.chunk_count {
+                let mut chunk = sled
+                    .open_chunk(meta.fill, index)
+                    .expect("open")
+                    .expect("chunk present");
+                loop {
+                    let n = match chunk.read_cached(&mut buf).expect("read") {
+                        Cached::Read(n) => n,
+                        Cached::WouldBlock => chunk.read(&mut buf).expect("read"),
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    read += n;
+                }
+            }
+            assert_eq!(read, MB);
+        })
+    });
     group.bench_function("sled_direct", |b| {
         b.iter(|| {
             let (meta, _pin) = sled.lookup_pinned(key).expect("lookup").expect("stored");
@@ -198,7 +252,8 @@ fn store_read(c: &mut Criterion) {
 /// Cache hits through the whole proxy: route, fingerprint, gate, store, hyper, loopback.
 fn proxy_hits(c: &mut Criterion) {
     let runtime = runtime();
-    let sizes = [("1mb", MB), ("20mb", 20 * MB)];
+    // 20 kB: the memory tier; 1 MiB and 20 MiB: the store, read in pieces.
+    let sizes = [("20kb", 20_000), ("1mb", MB), ("20mb", 20 * MB)];
     let (fake, proxy) = runtime.block_on(async {
         let mut builder = FakeGitLab::builder().project(20, "bench/private", Visibility::Private);
         for (index, (name, len)) in sizes.iter().enumerate() {
@@ -304,6 +359,7 @@ criterion_group!(
     fingerprint,
     authorization,
     memory_tier,
+    artifact_memory,
     store_read,
     proxy_hits
 );

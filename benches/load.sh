@@ -10,13 +10,23 @@
 #      drift of a shared machine falls on both;
 #   2. a cold stampede: 100 concurrent clients on one uncached 20 MiB gem, counting the
 #      requests that reached GitLab and the wall time;
-#   3. peak RSS (sampled VmRSS; nginx: master and all workers summed) while 50 clients
-#      download a 200 MiB gem (warm).
+#   3. peak RSS (sampled VmRSS; nginx: master and all workers summed) while 128 clients
+#      download the 20 MiB gem and 50 clients the 200 MiB gem (warm).
+#
+# Every warm-hit row carries the servers' CPU time per request (user + system, from
+# /proc/<pid>/stat) and its proxy/nginx ratio.
 #
 # Environment: DURATION (10s), ROUNDS (2), CONNECTIONS ("16 128"), STAMPEDE_CLIENTS (100),
-# RSS_CLIENTS (50), LARGE_MB (200), SKIP_BUILD=1 with BIN_DIR=<dir holding gitlab-pkg-cache
-# and fake_gitlab>, KEEP_WORK=1 to keep the temporary directory, OUT (a directory to copy the
-# raw results and logs to).
+# RSS_RUNS ("128:20 50:200", clients:MiB, each MiB one of 20 or LARGE_MB), LARGE_MB (200),
+# SCENARIOS ("list info mod gem_1mb gem_20mb"), SKIP_BUILD=1 with BIN_DIR=<dir holding
+# gitlab-pkg-cache and fake_gitlab>, KEEP_WORK=1 to keep the temporary directory, OUT (a
+# directory to copy the raw results and logs to).
+#
+# PROFILE="info gem_20mb" (any scenarios) adds, after the measured runs, one run per named
+# scenario at the first CONNECTIONS value with `perf record -e cpu-clock -g` attached to the
+# proxy, and writes `perf report` of it to profile-<scenario>.txt (not part of the numbers:
+# sampling costs the proxy CPU). Needs perf (Debian: linux-perf) and the release build's line
+# tables (the default profile keeps them).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -24,8 +34,9 @@ ROUNDS=${ROUNDS:-2}
 CONNECTIONS=${CONNECTIONS:-"16 128"}
 THREADS=2
 STAMPEDE_CLIENTS=${STAMPEDE_CLIENTS:-100}
-RSS_CLIENTS=${RSS_CLIENTS:-50}
 LARGE_MB=${LARGE_MB:-200}
+RSS_RUNS=${RSS_RUNS:-"128:20 50:$LARGE_MB"}
+PROFILE=${PROFILE:-}
 FAKE_PORT=${FAKE_PORT:-18581}
 PROXY_PORT=${PROXY_PORT:-18580}
 NGINX_PORT=${NGINX_PORT:-18582}
@@ -106,6 +117,7 @@ cleanup() {
     if [[ -n ${OUT:-} ]]; then
         mkdir -p "$OUT"
         cp "$WORK"/*.tsv "$WORK"/*.log "$WORK"/nginx/nginx.conf "$OUT"/ 2>/dev/null || true
+        cp "$WORK"/profile-*.txt "$OUT"/ 2>/dev/null || true
         cp "$WORK"/nginx/error.log "$OUT"/nginx-error.log 2>/dev/null || true
     fi
     if [[ ${KEEP_WORK:-} == 1 ]]; then
@@ -229,11 +241,12 @@ upstream_hits() { curl -sf "$FAKE_URL/-/hits${1:+?prefix=$1}"; }
 declare -A PATHS=(
     [list]=$GO/list
     [info]=$GO/v1.0.0.info
+    [mod]=$GO/v1.0.0.mod
     [gem_1mb]=$GEMS/bench-1mb-1.0.0.gem
     [gem_20mb]=$GEMS/bench-20mb-1.0.0.gem
     [gem_large]=$GEMS/bench-large-1.0.0.gem
 )
-SCENARIOS=(list info gem_1mb gem_20mb)
+read -r -a SCENARIOS <<<"${SCENARIOS:-list info mod gem_1mb gem_20mb}"
 
 # After the first GET of each path, later ones must become cache hits on both (the proxy
 # commits a fill just after its last byte went out, so the very next GET may still follow it).
@@ -343,6 +356,30 @@ for name in "${SCENARIOS[@]}"; do
     done
 done
 
+# --- profiles (not measured) -------------------------------------------------------------
+for name in $PROFILE; do
+    [[ -n ${PATHS[$name]:-} ]] || die "PROFILE: unknown scenario $name"
+    command -v perf >/dev/null || die "PROFILE needs perf (apt-get install linux-perf)"
+    conns=${CONNECTIONS%% *}
+    log "profiling the proxy: $name at $conns connections"
+    perf record -e cpu-clock -F 999 -g -p "$PROXY_PID" -o "$WORK/perf-$name.data" \
+        -- sleep "${DURATION%s}" >>"$WORK/perf.log" 2>&1 &
+    perf_pid=$!
+    wrk -t "$THREADS" -c "$conns" -d "$DURATION" --timeout 30s -H "$AUTH" \
+        "$PROXY_URL${PATHS[$name]}" >>"$WORK/perf.log" 2>&1
+    wait "$perf_pid" || true
+    {
+        echo "# perf record -e cpu-clock -F 999 -g, proxy only, $name, $conns connections, $DURATION"
+        echo "## flat (self time)"
+        perf report -i "$WORK/perf-$name.data" --stdio --no-children --sort dso,symbol \
+            --percent-limit 0.5 -g none 2>/dev/null | grep -v '^$'
+        echo "## by caller (children)"
+        perf report -i "$WORK/perf-$name.data" --stdio --children --sort symbol \
+            --percent-limit 3 -g none 2>/dev/null | grep -v '^$'
+    } >"$WORK/profile-$name.txt"
+    log "  wrote profile-$name.txt"
+done
+
 # --- cold stampede -----------------------------------------------------------------------
 STAMPEDE=$WORK/stampede.tsv
 printf 'target\tclients\tok\tupstream_artifact_fetches\tupstream_requests\twall_s\tslowest_client_s\n' >"$STAMPEDE"
@@ -377,9 +414,10 @@ rss_kib() {
     echo "$total"
 }
 RSS=$WORK/rss.tsv
-printf 'target\tclients\tok\tbaseline_mib\tpeak_mib\twall_s\n' >"$RSS"
+printf 'target\tclients\tmib\tok\tbaseline_mib\tpeak_mib\twall_s\n' >"$RSS"
 rss_run() {
-    local target=$1 base=$2 path=${PATHS[gem_large]} pids args=() start end
+    local target=$1 base=$2 clients=$3 mib=$4 path pids args=() start end
+    if ((mib == 20)); then path=${PATHS[gem_20mb]}; else path=${PATHS[gem_large]}; fi
     if [[ $target == proxy ]]; then pids=("$PROXY_PID"); else mapfile -t pids < <(nginx_pids); fi
     local baseline
     baseline=$(rss_kib "${pids[@]}")
@@ -392,32 +430,36 @@ rss_run() {
         done
     ) &
     SAMPLER_PID=$!
-    for _ in $(seq "$RSS_CLIENTS"); do args+=(-o /dev/null "$base$path"); done
+    for _ in $(seq "$clients"); do args+=(-o /dev/null "$base$path"); done
     start=$(date +%s.%N)
-    curl -s -Z --parallel-immediate --parallel-max "$RSS_CLIENTS" -H "$AUTH" \
+    curl -s -Z --parallel-immediate --parallel-max "$clients" -H "$AUTH" \
         -w '%{http_code} %{size_download}\n' "${args[@]}" >"$WORK/rss-$target.log" 2>>"$WORK/curl.log"
     end=$(date +%s.%N)
     stop "$SAMPLER_PID"
     wait "$SAMPLER_PID" 2>/dev/null || true
     SAMPLER_PID=""
     local ok
-    ok=$(awk -v n=$((LARGE_MB * 1048576)) '$1 == 200 && $2 == n' "$WORK/rss-$target.log" | wc -l)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$RSS_CLIENTS" "$ok" \
+    ok=$(awk -v n=$((mib * 1048576)) '$1 == 200 && $2 == n' "$WORK/rss-$target.log" | wc -l)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$clients" "$mib" "$ok" \
         "$(awk -v k="$baseline" 'BEGIN{printf "%.1f", k/1024}')" \
         "$(awk -v k="$(cat "$WORK/peak-$target" 2>/dev/null || echo 0)" 'BEGIN{printf "%.1f", k/1024}')" \
         "$(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}')" >>"$RSS"
 }
-log "peak RSS: $RSS_CLIENTS clients downloading the ${LARGE_MB} MiB gem (warm)"
-rss_run proxy "$PROXY_URL"
-rss_run nginx "$NGINX_URL"
+for run in $RSS_RUNS; do
+    clients=${run%%:*} mib=${run##*:}
+    ((mib == 20 || mib == LARGE_MB)) || die "RSS_RUNS: $mib MiB is neither 20 nor LARGE_MB"
+    log "peak RSS: $clients clients downloading the $mib MiB gem (warm)"
+    rss_run proxy "$PROXY_URL" "$clients" "$mib"
+    rss_run nginx "$NGINX_URL" "$clients" "$mib"
+done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/machine.log" >&2
 
 # --- report ------------------------------------------------------------------------------
 echo
 echo "## Warm hits (wrk -t$THREADS, $DURATION, mean of $ROUNDS interleaved rounds)"
 echo
-echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | proxy p99 ms | nginx p99 ms | p99 ratio | server CPU µs/req (proxy/nginx) | other processes' CPU % (proxy/nginx runs) | steal % (proxy/nginx runs) | errors (proxy/nginx) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| scenario | conns | proxy req/s | nginx req/s | req/s ratio | proxy MiB/s | nginx MiB/s | MiB/s ratio | proxy p99 ms | nginx p99 ms | p99 ratio | server CPU µs/req (proxy/nginx) | CPU/req ratio | other processes' CPU % (proxy/nginx runs) | steal % (proxy/nginx runs) | errors (proxy/nginx) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 awk -F'\t' -v tck="$CLK_TCK" '
     NR == 1 { next }
     {
@@ -442,8 +484,8 @@ awk -F'\t' -v tck="$CLK_TCK" '
             pc = cpu[k, "proxy"] / runs[k, "proxy"]; nc = cpu[k, "nginx"] / runs[k, "nginx"]
             pf = foreign[k, "proxy"] / runs[k, "proxy"]; nf = foreign[k, "nginx"] / runs[k, "nginx"]
             ps = steal[k, "proxy"] / runs[k, "proxy"]; ns = steal[k, "nginx"] / runs[k, "nginx"]
-            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f/%.0f | %.0f/%.0f | %.0f/%.0f | %d/%d |\n",
-                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pp, np, pp / np, pc, nc, pf, nf, ps, ns,
+            printf "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.0f/%.0f | %.2f | %.0f/%.0f | %.0f/%.0f | %d/%d |\n",
+                parts[1], parts[2], pr, nr, pr / nr, pm, nm, pm / nm, pp, np, pp / np, pc, nc, pc / (nc > 0 ? nc : 1), pf, nf, ps, ns,
                 err[k, "proxy"], err[k, "nginx"]
         }
     }' "$RESULTS"
@@ -454,12 +496,12 @@ echo "| target | complete 200s | upstream fetches of the gem | all upstream requ
 echo "|---|---:|---:|---:|---:|---:|"
 awk -F'\t' 'NR > 1 { printf "| %s | %s/%s | %s | %s | %s | %s |\n", $1, $3, $2, $4, $5, $6, $7 }' "$STAMPEDE"
 echo
-echo "## Memory ($RSS_CLIENTS concurrent clients downloading the warm ${LARGE_MB} MiB gem)"
+echo "## Memory (concurrent clients downloading a warm gem)"
 echo
-echo "| target | complete 200s | RSS before MiB | peak RSS MiB | wall time s | aggregate MiB/s |"
-echo "|---|---:|---:|---:|---:|---:|"
-awk -F'\t' -v mb="$LARGE_MB" 'NR > 1 {
-    printf "| %s | %s/%s | %s | %s | %s | %.0f |\n", $1, $3, $2, $4, $5, $6, $3 * mb / $6
+echo "| target | clients × MiB | complete 200s | RSS before MiB | peak RSS MiB | growth MiB | wall time s | aggregate MiB/s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+awk -F'\t' 'NR > 1 {
+    printf "| %s | %s × %s | %s/%s | %s | %s | %.1f | %s | %.0f |\n", $1, $2, $3, $4, $2, $5, $6, $6 - $5, $7, $4 * $3 / $7
 }' "$RSS"
 echo
 echo "(nginx RSS is the master plus all workers; RSS is sampled every 50 ms.)"

@@ -141,6 +141,12 @@ pub struct CacheConfig {
     pub memory_max_bytes: ByteSize,
     /// Larger metadata answers are passed through without being kept in memory.
     pub memory_entry_max_bytes: ByteSize,
+    /// Bound of the artifact memory tier: records of stored artifacts and the bytes of
+    /// small ones; zero switches it off.
+    pub artifact_memory_max_bytes: ByteSize,
+    /// Artifacts up to this size are kept whole in memory (`.info`, `.mod` and
+    /// `.gemspec.rz` files are, whatever this says).
+    pub artifact_memory_entry_max_bytes: ByteSize,
 }
 
 /// The on-disk artifact store.
@@ -280,6 +286,8 @@ impl Default for CacheConfig {
             auth_ttl: Duration::from_secs(300),
             memory_max_bytes: ByteSize::mib(256),
             memory_entry_max_bytes: ByteSize::mib(16),
+            artifact_memory_max_bytes: ByteSize::mib(64),
+            artifact_memory_entry_max_bytes: ByteSize::kib(256),
         }
     }
 }
@@ -803,6 +811,24 @@ pub struct Overrides {
         value_name = "SIZE"
     )]
     pub memory_entry_max_bytes: Option<String>,
+    /// Memory bound of the artifact memory tier; 0 switches it off [default: 64 MiB].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_ARTIFACT_MEMORY_MAX_BYTES",
+        value_name = "SIZE"
+    )]
+    pub artifact_memory_max_bytes: Option<String>,
+    /// Artifacts up to this size are served from memory [default: 256 KiB].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_ARTIFACT_MEMORY_ENTRY_MAX_BYTES",
+        value_name = "SIZE"
+    )]
+    pub artifact_memory_entry_max_bytes: Option<String>,
     /// sled's page cache [default: 64 MiB].
     #[arg(
         long,
@@ -1027,6 +1053,8 @@ impl Overrides {
             "cache.auth_ttl" => auth_ttl,
             "cache.memory_max_bytes" => memory_max_bytes,
             "cache.memory_entry_max_bytes" => memory_entry_max_bytes,
+            "cache.artifact_memory_max_bytes" => artifact_memory_max_bytes,
+            "cache.artifact_memory_entry_max_bytes" => artifact_memory_entry_max_bytes,
             "store.sled_cache_bytes" => sled_cache_bytes,
             "store.max_bytes" => cache_max_bytes,
             "store.min_free_bytes" => min_free_bytes,

@@ -17,8 +17,9 @@
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
 //! - [`auth`]: credential fingerprints and GitLab's remembered decisions; [`credentials`]
 //!   moves client credentials to where GitLab reads them.
-//! - [`cache`]: the memory tier, single-flight fills (within a replica, and across replicas
-//!   through leases in the shared bucket) and cache outcomes.
+//! - [`cache`]: the metadata memory tier, the artifact memory tier, single-flight fills
+//!   (within a replica, and across replicas through leases in the shared bucket), the
+//!   piecewise reader of stored artifacts, and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes) from the gems' own metadata.
 //! - [`integrity`]: first-copy fingerprints (SHA-256, Go `h1:`) and the changes seen since.

@@ -355,7 +355,11 @@ impl PackageRoute {
 
     /// Whether this route's own request is the probe (so a 200 answer refreshes the cache).
     pub fn is_own_probe(&self) -> bool {
-        self.probe_path_and_query() == self.path_and_query()
+        match &self.request {
+            // Said without building either string: this runs on every metadata hit.
+            PackageRequest::Go { request, .. } => !matches!(request, GoRequest::Zip(_)),
+            PackageRequest::Gem(_) => self.probe_path_and_query() == self.path_and_query(),
+        }
     }
 
     /// Whether the route's query string carries anything (used to keep it out of logs).

@@ -25,7 +25,11 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.server.header_read_timeout);
+        .header_read_timeout(state.config.server.header_read_timeout)
+        // hyper stops asking a body for more once this much waits for the socket: with
+        // artifact pieces of this size, a slow client holds at most two (see cache::reader).
+        // It also bounds a request head, which 64 KiB leaves ample room for.
+        .max_buf_size(crate::cache::reader::PIECE);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -8,6 +8,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::AdminToken;
 use crate::airgap::offline::OfflinePolicy;
 use crate::auth::{FingerprintKey, Gate};
+use crate::cache::artifact_memory::ArtifactMemory;
 use crate::cache::fill::{Fills, CHUNK_SIZE};
 use crate::cache::flight::Flights;
 use crate::cache::lease::Leases;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub key: FingerprintKey,
     pub gate: Gate,
     pub memory: MemoryTier,
+    /// Records of stored artifacts and the bytes of small ones.
+    pub artifacts: ArtifactMemory,
     /// Metadata misses at GitLab now, so concurrent ones for a key wait for the first.
     pub flights: Flights,
     /// Content keys whose background refresh is under way (one at a time per key).
@@ -143,12 +146,18 @@ impl AppState {
         let store = Store::new(store);
         let integrity = Integrity::new(store.clone(), metrics.clone(), CHUNK_SIZE)
             .with_recheck(config.integrity.recheck);
+        let artifacts = ArtifactMemory::new(
+            config.cache.artifact_memory_max_bytes.as_u64(),
+            config.cache.artifact_memory_entry_max_bytes.as_u64(),
+        );
         let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone())
-            .with_integrity(integrity.clone());
+            .with_integrity(integrity.clone())
+            .with_memory(artifacts.clone());
         Ok(Arc::new(AppState {
             fills,
             catalogs: Catalogs::new(config.cache.metadata_ttl),
             integrity,
+            artifacts,
             gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
             memory: MemoryTier::new(
                 config.cache.memory_max_bytes.as_u64(),

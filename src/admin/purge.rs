@@ -23,6 +23,8 @@ pub async fn purge(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErro
     for key in &stored {
         let len = store.lookup(key).await?.map_or(0, |meta| meta.len);
         if store.remove(key).await? {
+            // The memory copy would never be served again; this frees it at once.
+            state.artifacts.invalidate(key);
             bytes += len;
             removed.push(key.clone());
         }

@@ -17,10 +17,12 @@ use http_body_util::{BodyExt, StreamBody};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::artifact_memory::ArtifactMemory;
+use super::reader::Reader;
 use crate::body::{self, Body, BoxError};
 use crate::integrity::{Integrity, Verdict};
 use crate::metrics::Metrics;
-use crate::storage::{ArtifactMeta, Commit, EvictionPolicy, FillId, PinGuard, Store, StoreError};
+use crate::storage::{ArtifactMeta, Commit, EvictionPolicy, FillId, Store, StoreError};
 
 /// Size of the chunks artifacts are stored in.
 pub const CHUNK_SIZE: usize = 256 * 1024;
@@ -51,6 +53,8 @@ pub enum Progress {
 }
 
 /// How a caller takes part in the fill of a key.
+// One per request, matched at once: boxing the leader would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Joined {
     Leader(Leader),
     Waiter(watch::Receiver<Progress>),
@@ -69,6 +73,8 @@ pub struct Fills {
     tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
     /// Checks complete fills against the first copy of their key before they are published.
     integrity: Option<Integrity>,
+    /// Where committed fills leave their record (and small ones their bytes).
+    memory: ArtifactMemory,
 }
 
 /// Counts a caller as waiting on another's fill for as long as it lives.
@@ -90,6 +96,7 @@ impl Fills {
             metrics,
             tasks: Arc::default(),
             integrity: None,
+            memory: ArtifactMemory::new(0, 0),
         }
     }
 
@@ -97,6 +104,12 @@ impl Fills {
     /// differs is served to its readers but never published (see [`crate::integrity`]).
     pub fn with_integrity(mut self, integrity: Integrity) -> Fills {
         self.integrity = Some(integrity);
+        self
+    }
+
+    /// Committed fills are kept in `memory` (their record; small ones their bytes too).
+    pub fn with_memory(mut self, memory: ArtifactMemory) -> Fills {
+        self.memory = memory;
         self
     }
 
@@ -116,6 +129,7 @@ impl Fills {
             key: key.to_owned(),
             tx: Some(tx),
             fills: self.clone(),
+            keep_up_to: 0,
         })
     }
 
@@ -194,6 +208,8 @@ pub struct Leader {
     key: String,
     tx: Option<watch::Sender<Progress>>,
     fills: Fills,
+    /// Artifacts up to this size keep their bytes in the memory tier once committed.
+    keep_up_to: u64,
 }
 
 impl Drop for Leader {
@@ -211,6 +227,13 @@ pub struct NotStarted<B> {
 }
 
 impl Leader {
+    /// Once committed, the artifact keeps its bytes in the memory tier if it is no larger
+    /// than `limit` (the fill holds at most that much meanwhile).
+    pub fn keep_in_memory(mut self, limit: u64) -> Leader {
+        self.keep_up_to = limit;
+        self
+    }
+
     /// Starts storing GitLab's 200 answer; returns the leader's own response body.
     pub async fn start<B>(
         mut self,
@@ -255,8 +278,16 @@ impl Leader {
         let fallback = store
             .pin(fill)
             .map(|pin| Reader::following(&self.fills, self.key.clone(), fill, tx.subscribe(), pin));
+        let keep = (self.keep_up_to > 0
+            && content_length.is_none_or(|length| length <= self.keep_up_to))
+        .then(|| {
+            let expected = content_length.unwrap_or(self.keep_up_to);
+            BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0))
+        });
         let task = FillTask {
             key: std::mem::take(&mut self.key),
+            keep,
+            keep_up_to: self.keep_up_to,
             head,
             tx,
             fills: self.fills.clone(),
@@ -279,8 +310,8 @@ enum LeaderSource {
         switch: oneshot::Receiver<u64>,
         fallback: Option<Reader>,
     },
-    /// The store, skipping `skip` bytes of the next chunk.
-    Store { reader: Reader, skip: usize },
+    /// The store, from the offset the leader had reached.
+    Store { reader: Reader },
 }
 
 /// The leader's body. A leader slower than GitLab is switched to reading the store like a
@@ -315,21 +346,18 @@ fn leader_body(
                     Some(Err(e)) => return Some((Err(e), None)),
                     None => match (switch.try_recv(), fallback) {
                         (Ok(offset), Some(mut reader)) => {
-                            let chunk = CHUNK_SIZE as u64;
-                            reader.next = u32::try_from(offset / chunk).unwrap_or(u32::MAX);
-                            let skip = usize::try_from(offset % chunk).unwrap_or(0);
-                            source = LeaderSource::Store { reader, skip };
+                            reader.start_at(offset, CHUNK_SIZE as u64);
+                            source = LeaderSource::Store { reader };
                         }
                         // The relay ended without a switch: the body is complete.
                         _ => return None,
                     },
                 },
-                LeaderSource::Store { mut reader, skip } => {
-                    return match reader.next_chunk().await {
-                        Ok(Some(chunk)) => {
-                            let rest = chunk.slice(skip.min(chunk.len())..);
-                            let next = LeaderSource::Store { reader, skip: 0 };
-                            Some((Ok(Frame::data(rest)), Some(next)))
+                LeaderSource::Store { mut reader } => {
+                    return match reader.next_piece().await {
+                        Ok(Some(piece)) => {
+                            let next = LeaderSource::Store { reader };
+                            Some((Ok(Frame::data(piece)), Some(next)))
                         }
                         Ok(None) => None,
                         Err(e) => Some((Err(e), None)),
@@ -353,6 +381,9 @@ struct FillTask {
     leader: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
     /// Bytes relayed to the leader so far.
     leader_sent: u64,
+    /// The whole body so far, while it may still end up in the memory tier.
+    keep: Option<BytesMut>,
+    keep_up_to: u64,
 }
 
 impl FillTask {
@@ -378,6 +409,11 @@ impl FillTask {
                     };
                     len += data.len() as u64;
                     hasher.update(&data);
+                    if len > self.keep_up_to {
+                        self.keep = None;
+                    } else if let Some(keep) = &mut self.keep {
+                        keep.extend_from_slice(&data);
+                    }
                     self.send_to_leader(Ok(data.clone())).await;
                     if self.storing {
                         pending.extend_from_slice(&data);
@@ -462,6 +498,8 @@ impl FillTask {
         match store.commit_fill(&self.key, fill, commit).await {
             Ok(meta) => {
                 tracing::debug!(key = %self.key, bytes = len, "artifact stored");
+                let body = self.keep.take().map(BytesMut::freeze);
+                self.fills.memory.keep(&self.key, &meta, body);
                 self.fills.finish(
                     &self.key,
                     &self.tx,
@@ -532,128 +570,5 @@ impl FillTask {
                 Err(e) => tracing::warn!(error = %e, "eviction failed"),
             }
         }
-    }
-}
-
-/// Where a reader's chunks come from.
-enum Source {
-    /// A committed artifact: chunks `0..total`.
-    Committed { total: u32 },
-    /// A fill in flight: as many chunks as it has published.
-    Following(watch::Receiver<Progress>),
-}
-
-/// Reads an artifact's chunks from the store in order, for as long as the response lives.
-pub struct Reader {
-    store: Store,
-    metrics: Arc<Metrics>,
-    key: String,
-    fill: FillId,
-    next: u32,
-    source: Source,
-    _pin: PinGuard,
-}
-
-impl Reader {
-    /// A reader of a committed artifact.
-    pub fn committed(fills: &Fills, key: String, meta: &ArtifactMeta, pin: PinGuard) -> Reader {
-        Reader {
-            store: fills.store.clone(),
-            metrics: fills.metrics.clone(),
-            key,
-            fill: meta.fill,
-            next: 0,
-            source: Source::Committed {
-                total: meta.chunk_count,
-            },
-            _pin: pin,
-        }
-    }
-
-    /// A reader that follows a fill in flight from its first chunk.
-    pub fn following(
-        fills: &Fills,
-        key: String,
-        fill: FillId,
-        progress: watch::Receiver<Progress>,
-        pin: PinGuard,
-    ) -> Reader {
-        Reader {
-            store: fills.store.clone(),
-            metrics: fills.metrics.clone(),
-            key,
-            fill,
-            next: 0,
-            source: Source::Following(progress),
-            _pin: pin,
-        }
-    }
-
-    /// The next chunk, `Ok(None)` at the end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
-        loop {
-            match &mut self.source {
-                Source::Committed { total } => {
-                    if self.next >= *total {
-                        return Ok(None);
-                    }
-                    break;
-                }
-                Source::Following(progress) => {
-                    let state = progress.borrow_and_update().clone();
-                    match state {
-                        Progress::Streaming { written, .. } if self.next < written => break,
-                        Progress::Done { meta } => {
-                            self.source = Source::Committed {
-                                total: meta.chunk_count,
-                            };
-                        }
-                        Progress::Starting | Progress::Streaming { .. } => {
-                            if progress.changed().await.is_err() {
-                                return Err("artifact fill ended without finishing".into());
-                            }
-                        }
-                        Progress::Failed | Progress::NotFilled => {
-                            return Err("artifact fill broke; response aborted".into());
-                        }
-                    }
-                }
-            }
-        }
-        let index = self.next;
-        match self.store.read_chunk(self.fill, index).await {
-            Ok(Some(chunk)) => {
-                self.next += 1;
-                Ok(Some(chunk))
-            }
-            Ok(None) => Err(format!("chunk {index} of {} vanished", self.key).into()),
-            Err(e) => {
-                if matches!(e, StoreError::Corrupt { .. }) {
-                    self.metrics.corrupt_artifact();
-                    tracing::warn!(key = %self.key, chunk = index, error = %e, "corrupt artifact dropped");
-                    if let Err(e) = self.store.remove(&self.key).await {
-                        tracing::warn!(key = %self.key, error = %e, "could not drop corrupt artifact");
-                    }
-                }
-                Err(e.into())
-            }
-        }
-    }
-
-    /// The rest of the artifact as a response body; `first` is a chunk already read.
-    pub fn into_body(self, first: Option<Bytes>) -> Body {
-        // The state is `None` once the stream ended or failed, so nothing is read after an error.
-        let frames = futures_util::stream::unfold(Some((self, first)), |state| async move {
-            let (mut reader, first) = state?;
-            if let Some(chunk) = first {
-                return Some((Ok(Frame::data(chunk)), Some((reader, None))));
-            }
-            match reader.next_chunk().await {
-                Ok(Some(chunk)) => Some((Ok(Frame::data(chunk)), Some((reader, None)))),
-                Ok(None) => None,
-                Err(e) => Some((Err(e), None)),
-            }
-        });
-        body::boxed(StreamBody::new(frames))
     }
 }

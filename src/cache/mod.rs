@@ -1,9 +1,11 @@
 //! Cache tiers and the vocabulary of cache outcomes.
 
+pub mod artifact_memory;
 pub mod fill;
 pub mod flight;
 pub mod lease;
 pub mod memory;
+pub mod reader;
 
 /// How a request was served; sent as `x-cache` and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

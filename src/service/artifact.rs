@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -11,20 +12,23 @@ use tokio::sync::watch;
 
 use super::authorize::{authorize, Authorized};
 use super::metadata::{keep_answer, remembered_not_found};
-use super::relay::{fetch, get, relay, relay_route, Fetched};
+use super::relay::{fetch, get, relay, relay_route, Fetched, Forward};
 use super::Handled;
 use crate::auth::DecisionKey;
-use crate::body::{self, Body};
-use crate::cache::fill::{Joined, Leader, NotStarted, Progress, Reader};
+use crate::body::{self, Body, BoxError};
+use crate::cache::artifact_memory::{Kept, Size};
+use crate::cache::fill::{Joined, Leader, NotStarted, Progress};
 use crate::cache::lease::Claim;
 use crate::cache::memory::keep_header;
+use crate::cache::reader::Reader;
 use crate::cache::CacheOutcome;
 use crate::error::Error;
-use crate::route::PackageRoute;
+use crate::protocol::goproxy::GoRequest;
+use crate::protocol::rubygems::GemRequest;
+use crate::route::{PackageRequest, PackageRoute};
 use crate::state::AppState;
-use crate::upstream::forward_headers;
 
-/// Immutable artifacts: the store, or one single-flight fill from GitLab.
+/// Immutable artifacts: the memory tier, the store, or one single-flight fill from GitLab.
 pub(super) async fn artifact(
     state: &AppState,
     route: &PackageRoute,
@@ -33,9 +37,51 @@ pub(super) async fn artifact(
     client: IpAddr,
 ) -> Result<Handled, Error> {
     let head = request.method() == Method::HEAD;
-    let headers = forward_headers(request.headers(), client, true);
+    let (parts, body) = request.into_parts();
+    let headers = Forward::new(&parts.headers, client);
     let key = route.content_key();
     let store = state.fills.store();
+    let size = size_of(route);
+    // The memory tier first: used only while the store still holds the same fill.
+    if let Some(kept) = state.artifacts.get(&key) {
+        if store.touch_if_current(&key, kept.fill) {
+            let took = match authorize(state, route, decision, &headers, head).await? {
+                Authorized::Yes(took) => took,
+                Authorized::No(refusal) => return Ok(refusal),
+            };
+            match &kept.body {
+                Some(bytes) => {
+                    let body = if head {
+                        body::empty()
+                    } else {
+                        body::full(bytes.clone())
+                    };
+                    return Ok(kept_response(&kept, body, took));
+                }
+                None if head => return Ok(kept_response(&kept, body::empty(), took)),
+                None => {
+                    if let Some(pin) = store.pin(kept.fill) {
+                        let mut reader = Reader::committed_parts(
+                            &state.fills,
+                            key.clone(),
+                            kept.fill,
+                            kept.chunk_count,
+                            pin,
+                        );
+                        match reader.check_first().await {
+                            Ok(()) => return Ok(kept_response(&kept, reader.into_body(), took)),
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+                            }
+                        }
+                    }
+                }
+            }
+            state.artifacts.invalidate(&key);
+        } else {
+            state.artifacts.invalidate(&key);
+        }
+    }
     match store.lookup_pinned(&key).await {
         Ok(Some((meta, pin))) => {
             let took = match authorize(state, route, decision, &headers, head).await? {
@@ -43,33 +89,40 @@ pub(super) async fn artifact(
                 Authorized::No(refusal) => return Ok(refusal),
             };
             store.touch(&key);
-            if head {
-                return Ok(artifact_response(
-                    &meta.headers,
-                    Some(meta.len),
-                    body::empty(),
-                    CacheOutcome::Hit,
-                    took,
-                ));
-            }
-            let mut reader = Reader::committed(&state.fills, key.clone(), &meta, pin);
-            // The first chunk is read before answering, so a damaged artifact found here is
-            // refetched instead of failing the request.
-            match reader.next_chunk().await {
-                Ok(first) => {
-                    let body = reader.into_body(first);
-                    return Ok(artifact_response(
-                        &meta.headers,
-                        Some(meta.len),
-                        body,
-                        CacheOutcome::Hit,
-                        took,
-                    ));
+            let limit = state.artifacts.limit(size);
+            if meta.len <= limit {
+                // Small: read whole, checked against its SHA-256, and kept in memory.
+                let mut reader = Reader::committed(&state.fills, key.clone(), &meta, pin);
+                match read_whole(&mut reader, meta.len).await {
+                    Ok(bytes) => {
+                        let kept = state.artifacts.keep(&key, &meta, Some(bytes.clone()));
+                        let body = if head {
+                            body::empty()
+                        } else {
+                            body::full(bytes)
+                        };
+                        return Ok(kept_response(&kept, body, took));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+            } else {
+                let kept = state.artifacts.keep(&key, &meta, None);
+                if head {
+                    return Ok(kept_response(&kept, body::empty(), took));
+                }
+                let mut reader = Reader::committed(&state.fills, key.clone(), &meta, pin);
+                // The first chunk is checked before answering, so a damaged artifact found
+                // here is fetched again instead of failing the request.
+                match reader.check_first().await {
+                    Ok(()) => return Ok(kept_response(&kept, reader.into_body(), took)),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+                    }
                 }
             }
+            state.artifacts.invalidate(&key);
         }
         Ok(None) => {}
         Err(e) => {
@@ -88,44 +141,96 @@ pub(super) async fn artifact(
     {
         return Ok(not_found);
     }
-    if head {
-        return relay_route(state, route, Some(decision), request, client).await;
-    }
-    // Replicas sharing a bucket: one of them fetches from GitLab, the others wait for it.
-    let mut lease = None;
-    if let Some(leases) = &state.leases {
-        match leases.claim(&key, &state.fills).await {
-            Claim::Lead(guard) => lease = Some(guard),
-            Claim::Committed => {
-                if let Ok(Some(_)) = store.lookup(&key).await {
-                    // Now in the local tier: served (and authorized) as a hit.
-                    return Box::pin(artifact(state, route, decision, request, client)).await;
+    if !head {
+        // Replicas sharing a bucket: one of them fetches from GitLab, the others wait for it.
+        let mut lease = None;
+        if let Some(leases) = &state.leases {
+            match leases.claim(&key, &state.fills).await {
+                Claim::Lead(guard) => lease = Some(guard),
+                Claim::Committed => {
+                    if let Ok(Some(_)) = store.lookup(&key).await {
+                        // Now in the local tier: served (and authorized) as a hit.
+                        drop(headers);
+                        let request = Request::from_parts(parts, body);
+                        return Box::pin(artifact(state, route, decision, request, client)).await;
+                    }
                 }
-            }
-            Claim::Fetch => {}
-        }
-    }
-    // A fill that never starts or breaks for its leader is retried once with this caller
-    // leading; after that the caller is served straight from GitLab.
-    for _ in 0..2 {
-        match state.fills.join(&key) {
-            Joined::Leader(leader) => {
-                let handled = lead(state, route, decision, headers, key.clone(), leader).await;
-                if let Some(lease) = lease {
-                    lease.hold_until_settled(&state.fills, &key);
-                }
-                return handled;
-            }
-            Joined::Waiter(progress) => {
-                if let Some(handled) =
-                    wait(state, route, decision, &headers, &key, progress).await?
-                {
-                    return Ok(handled);
-                }
+                Claim::Fetch => {}
             }
         }
+        // A fill that never starts or breaks for its leader is retried once with this caller
+        // leading; after that the caller is served straight from GitLab.
+        for _ in 0..2 {
+            match state.fills.join(&key) {
+                Joined::Leader(leader) => {
+                    let leader = leader.keep_in_memory(state.artifacts.limit(size));
+                    let handled = lead(
+                        state,
+                        route,
+                        decision,
+                        headers.into_headers(),
+                        key.clone(),
+                        leader,
+                    )
+                    .await;
+                    if let Some(lease) = lease {
+                        lease.hold_until_settled(&state.fills, &key);
+                    }
+                    return handled;
+                }
+                Joined::Waiter(progress) => {
+                    if let Some(handled) =
+                        wait(state, route, decision, &headers, &key, progress).await?
+                    {
+                        return Ok(handled);
+                    }
+                }
+            }
+        }
     }
-    relay_route(state, route, Some(decision), request, client).await
+    drop(headers);
+    relay_route(
+        state,
+        route,
+        Some(decision),
+        Request::from_parts(parts, body),
+        client,
+    )
+    .await
+}
+
+/// Which memory limit applies to a route's artifacts.
+fn size_of(route: &PackageRoute) -> Size {
+    match &route.request {
+        PackageRequest::Go {
+            request: GoRequest::Info(_) | GoRequest::Mod(_),
+            ..
+        }
+        | PackageRequest::Gem(GemRequest::Gemspec(_)) => Size::Descriptor,
+        _ => Size::Other,
+    }
+}
+
+/// A small artifact read whole; its SHA-256 is checked when it is kept.
+async fn read_whole(reader: &mut Reader, len: u64) -> Result<Bytes, BoxError> {
+    let mut whole = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+    while let Some(piece) = reader.next_piece().await? {
+        if whole.len() + piece.len() > whole.capacity() {
+            return Err("stored artifact longer than its record".into());
+        }
+        whole.extend_from_slice(&piece);
+    }
+    Ok(whole.freeze())
+}
+
+fn kept_response(kept: &Kept, body: Body, upstream: Option<Duration>) -> Handled {
+    let mut response = Response::new(body);
+    let map = response.headers_mut();
+    for (name, value) in &kept.headers {
+        map.append(name.clone(), value.clone());
+    }
+    map.insert(header::CONTENT_LENGTH, HeaderValue::from(kept.len));
+    Handled::new(response, CacheOutcome::Hit, upstream)
 }
 
 /// Fetches an artifact for everyone: this caller's response streams from GitLab while the
@@ -203,7 +308,7 @@ pub(super) async fn wait(
     state: &AppState,
     route: &PackageRoute,
     decision: &DecisionKey,
-    headers: &http::HeaderMap,
+    headers: &Forward<'_>,
     key: &str,
     mut progress: watch::Receiver<Progress>,
 ) -> Result<Option<Handled>, Error> {
@@ -236,7 +341,7 @@ pub(super) async fn wait(
         Progress::Done { meta } => Reader::committed(&state.fills, key.to_owned(), meta, pin),
         _ => Reader::following(&state.fills, key.to_owned(), fill, progress, pin),
     };
-    let body = reader.into_body(None);
+    let body = reader.into_body();
     Ok(Some(artifact_response(
         &stored_headers,
         length,

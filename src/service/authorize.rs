@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use super::relay::{fetch, get, relay, Fetched};
+use super::relay::{fetch, get, relay, Fetched, Forward};
 use super::Handled;
 use crate::auth::DecisionKey;
 use crate::cache::CacheOutcome;
@@ -29,7 +29,7 @@ pub(super) async fn authorize(
     state: &AppState,
     route: &PackageRoute,
     decision: &DecisionKey,
-    headers: &http::HeaderMap,
+    headers: &Forward<'_>,
     head: bool,
 ) -> Result<Authorized, Error> {
     if state.gate.is_accepted(decision).await {
@@ -38,7 +38,11 @@ pub(super) async fn authorize(
     }
     match fetch(
         state,
-        get(route.probe_path_and_query(), headers.clone(), false),
+        get(
+            route.probe_path_and_query(),
+            headers.headers().clone(),
+            false,
+        ),
     )
     .await?
     {

@@ -15,6 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::authorize::{authorize, Authorized};
+use super::relay::Forward;
 use super::Handled;
 use crate::auth::DecisionKey;
 use crate::body;
@@ -27,7 +28,6 @@ use crate::gems::gemspec::IndexKind;
 use crate::protocol::rubygems::{CompactFile, GemRequest, SpecIndex};
 use crate::route::{PackageRequest, PackageRoute, RouteError};
 use crate::state::AppState;
-use crate::upstream::forward_headers;
 
 /// Whether the route is a gemspec or spec index, which the proxy writes when GitLab 404s.
 pub(super) fn has_fallback(route: &PackageRoute) -> bool {
@@ -46,7 +46,7 @@ pub(super) async fn synthesized(
     client: IpAddr,
 ) -> Result<Handled, Error> {
     let head = request.method() == Method::HEAD;
-    let headers = forward_headers(request.headers(), client, true);
+    let headers = Forward::new(request.headers(), client);
     let if_none_match = if_none_match(request.headers());
     let took = match authorize(state, route, decision, &headers, head).await? {
         Authorized::Yes(took) => took,
@@ -65,7 +65,7 @@ pub(super) async fn synthesized(
         GemRequest::CompactIndex(file) => file,
         _ => return Err(Error::Route(RouteError::NotFound)),
     };
-    let (catalog, outcome) = catalog(state, route, headers).await?;
+    let (catalog, outcome) = catalog(state, route, headers.into_headers()).await?;
     let body = match file {
         CompactFile::Versions => catalog.versions.clone(),
         CompactFile::Names => catalog.names.clone(),
@@ -94,7 +94,8 @@ pub(super) async fn with_fallback(
     client: IpAddr,
 ) -> Result<Handled, Error> {
     let head = request.method() == Method::HEAD;
-    let headers = forward_headers(request.headers(), client, true);
+    // Kept for the fallback below; forwarding headers are built only if it runs.
+    let incoming = request.headers().clone();
     let gitlab = match route.cache_class() {
         crate::route::CacheClass::Metadata => {
             super::metadata::metadata(state, route, decision, request, client).await?
@@ -106,11 +107,12 @@ pub(super) async fn with_fallback(
     }
     // GitLab's 404 is also its refusal of a caller who may not read a private project, so
     // nothing is written before the gate says yes.
+    let headers = Forward::new(&incoming, client);
     let took = match authorize(state, route, decision, &headers, head).await? {
         Authorized::Yes(took) => took,
         Authorized::No(refusal) => return Ok(refusal),
     };
-    let (catalog, outcome) = catalog(state, route, headers).await?;
+    let (catalog, outcome) = catalog(state, route, headers.into_headers()).await?;
     let (body, content_type) = match &route.request {
         PackageRequest::Gem(GemRequest::Gemspec(file)) => {
             let full_name = file

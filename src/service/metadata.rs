@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::authorize::{authorize, confirmed_earlier, Authorized};
-use super::relay::{body_error, fetch, get, relay, Fetched};
+use super::relay::{body_error, fetch, get, relay, Fetched, Forward};
 use super::Handled;
 use crate::auth::DecisionKey;
 use crate::body::{self, collect_limited, Collected, Prefixed};
@@ -18,9 +18,10 @@ use crate::cache::flight::Flight;
 use crate::cache::memory::{CachedResponse, Lookup};
 use crate::cache::CacheOutcome;
 use crate::error::Error;
+use crate::metrics::AuthResult;
 use crate::route::PackageRoute;
 use crate::state::AppState;
-use crate::upstream::{forward_headers, UpstreamResponse};
+use crate::upstream::UpstreamResponse;
 
 /// Lists, dependency answers and spec indexes: memory tier (written through to the store)
 /// behind the authorization gate, refreshed in the background once stale, and standing in
@@ -33,7 +34,7 @@ pub(super) async fn metadata(
     client: IpAddr,
 ) -> Result<Handled, Error> {
     let head = request.method() == Method::HEAD;
-    let headers = forward_headers(request.headers(), client, true);
+    let headers = Forward::new(request.headers(), client);
     let key = route.content_key();
     let cache = &state.config.cache;
     if let Some(not_found) = remembered_not_found(
@@ -51,10 +52,18 @@ pub(super) async fn metadata(
     let cached = state.memory.get(&key).await;
     if let Some(Lookup { response, age }) = &cached {
         let usable = *age < cache.metadata_max_stale;
-        // A route that is its own probe is simply fetched again for an unknown caller.
-        let known = !route.is_own_probe() || state.gate.is_accepted(decision).await;
+        // A route that is its own probe is simply fetched again for an unknown caller; for
+        // a known one, that one lookup was the authorization.
+        let own_probe = route.is_own_probe();
+        let known = !own_probe || state.gate.is_accepted(decision).await;
         if usable && known {
-            return match authorize(state, route, decision, &headers, head).await? {
+            let authorized = if own_probe {
+                state.metrics.auth(AuthResult::Remembered);
+                Authorized::Yes(None)
+            } else {
+                authorize(state, route, decision, &headers, head).await?
+            };
+            return match authorized {
                 Authorized::Yes(took) => {
                     let outcome = if *age >= cache.metadata_ttl {
                         refresh_in_background(state, route, &key, &headers);
@@ -91,7 +100,12 @@ pub(super) async fn metadata(
             None
         }
     };
-    match fetch(state, get(route.path_and_query(), headers, true)).await? {
+    match fetch(
+        state,
+        get(route.path_and_query(), headers.into_headers(), true),
+    )
+    .await?
+    {
         Fetched::Answer(response, took) => {
             let status = response.status();
             if status == StatusCode::OK {
@@ -211,7 +225,7 @@ pub(super) fn refresh_in_background(
     state: &Arc<AppState>,
     route: &PackageRoute,
     key: &str,
-    headers: &http::HeaderMap,
+    headers: &Forward<'_>,
 ) {
     {
         let mut refreshing = state
@@ -224,7 +238,7 @@ pub(super) fn refresh_in_background(
     }
     let state = state.clone();
     let key = key.to_owned();
-    let request = get(route.path_and_query(), headers.clone(), true);
+    let request = get(route.path_and_query(), headers.headers().clone(), true);
     tokio::spawn(async move {
         match fetch(&state, request).await {
             Ok(Fetched::Answer(response, _)) if response.status() == StatusCode::OK => {

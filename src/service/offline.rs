@@ -14,7 +14,7 @@ use super::Handled;
 use crate::airgap::offline::{held_versions, spellings, OfflinePolicy, Verdict};
 use crate::auth::DecisionKey;
 use crate::body;
-use crate::cache::fill::Reader;
+use crate::cache::reader::Reader;
 use crate::cache::CacheOutcome;
 use crate::error::Error;
 use crate::protocol::goproxy::GoRequest;
@@ -144,7 +144,7 @@ pub(super) async fn package(
             let body = if head {
                 body::empty()
             } else {
-                Reader::committed(&state.fills, key, &meta, pin).into_body(None)
+                Reader::committed(&state.fills, key, &meta, pin).into_body()
             };
             Ok(artifact_response(
                 &meta.headers,

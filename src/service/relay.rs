@@ -63,6 +63,37 @@ pub(super) async fn relay_route(
     ))
 }
 
+/// The headers a request would be forwarded to GitLab with, built the first time they are
+/// needed: a hit that GitLab is not asked about never builds them.
+pub(super) struct Forward<'a> {
+    incoming: &'a http::HeaderMap,
+    client: IpAddr,
+    built: std::sync::OnceLock<http::HeaderMap>,
+}
+
+impl<'a> Forward<'a> {
+    /// For a request whose answer may be cached (conditional headers are not forwarded).
+    pub(super) fn new(incoming: &'a http::HeaderMap, client: IpAddr) -> Forward<'a> {
+        Forward {
+            incoming,
+            client,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(super) fn headers(&self) -> &http::HeaderMap {
+        self.built
+            .get_or_init(|| forward_headers(self.incoming, self.client, true))
+    }
+
+    pub(super) fn into_headers(self) -> http::HeaderMap {
+        let (incoming, client) = (self.incoming, self.client);
+        self.built
+            .into_inner()
+            .unwrap_or_else(|| forward_headers(incoming, client, true))
+    }
+}
+
 pub(super) fn get(
     path_and_query: String,
     headers: http::HeaderMap,

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::{ArtifactMeta, FillId, StoreError, FORMAT_VERSION};
 
 /// `[version u8][crc32 of data, u32 LE]` in front of every chunk's data.
-const CHUNK_HEADER_LEN: usize = 5;
+pub const CHUNK_HEADER_LEN: usize = 5;
 
 /// Big-endian so that a fill's keys form one contiguous, index-ordered range.
 pub fn fill_key(fill: FillId) -> [u8; 8] {
@@ -54,6 +54,16 @@ pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
     out.extend_from_slice(data);
     out
+}
+
+/// The CRC a chunk header announces for its data, or why the header cannot be trusted.
+pub fn decode_chunk_header(header: &[u8; CHUNK_HEADER_LEN]) -> Result<u32, String> {
+    if header[0] != FORMAT_VERSION {
+        return Err(format!("unknown chunk format version {}", header[0]));
+    }
+    Ok(u32::from_le_bytes([
+        header[1], header[2], header[3], header[4],
+    ]))
 }
 
 /// The chunk's data, or why it cannot be trusted.

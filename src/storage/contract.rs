@@ -96,6 +96,9 @@ macro_rules! contract_tests {
             unknown_format_version_reads_as_absent,
             damaged_chunk_reads_as_corrupt,
             concurrent_commits_keep_disk_and_memory_in_step,
+            opened_chunks_read_back_in_pieces,
+            damaged_chunk_opened_fails_at_its_end,
+            touch_if_current_follows_replacement_removal_and_eviction,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -654,4 +657,85 @@ proptest! {
         prop_assert_eq!(read_all(&store, &meta), chunks.concat());
         prop_assert_eq!(meta.chunk_count as usize, chunks.len());
     }
+}
+
+/// Reads every chunk of `meta` through `open_chunk` in pieces of `piece` bytes.
+fn read_in_pieces(s: &dyn ArtifactStore, meta: &ArtifactMeta, piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0; piece];
+    for index in 0..meta.chunk_count {
+        let mut chunk = s.open_chunk(meta.fill, index).unwrap().unwrap();
+        loop {
+            let n = match chunk.read_cached(&mut buf).unwrap() {
+                super::Cached::Read(n) => n,
+                super::Cached::WouldBlock => chunk.read(&mut buf).unwrap(),
+            };
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    out
+}
+
+fn opened_chunks_read_back_in_pieces<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"hello ", b"world", b"!"]);
+    for piece in [1, 4, 64] {
+        assert_eq!(read_in_pieces(s, &meta, piece), b"hello world!");
+    }
+    assert!(s.open_chunk(meta.fill, 3).unwrap().is_none());
+    // Like `read_chunk`: gone once unreferenced and unpinned.
+    s.remove("k").unwrap();
+    assert!(s.open_chunk(meta.fill, 0).unwrap().is_none());
+}
+
+fn damaged_chunk_opened_fails_at_its_end<B: Backend>(s: &Engine<B>) {
+    let meta = store_artifact(s, "k", &[b"damaged chunk"]);
+    let key = codec::chunk_key(meta.fill, 0);
+    let mut raw = s.raw().get(Tree::Chunks, &key).unwrap().unwrap().to_vec();
+    *raw.last_mut().unwrap() ^= 0x01;
+    s.raw().insert(Tree::Chunks, &key, raw).unwrap();
+    // Either at opening (a store that checks whole chunks) or by the last piece.
+    let failed = match s.open_chunk(meta.fill, 0) {
+        Err(e) => Some(e),
+        Ok(chunk) => {
+            let mut chunk = chunk.unwrap();
+            let mut buf = [0; 4];
+            loop {
+                match chunk.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(_) => {}
+                    Err(e) => break Some(e),
+                }
+            }
+        }
+    };
+    assert!(
+        matches!(failed, Some(StoreError::Corrupt { .. })),
+        "{failed:?}"
+    );
+}
+
+fn touch_if_current_follows_replacement_removal_and_eviction<B: Backend>(s: &Engine<B>) {
+    let first = store_artifact(s, "k", &[b"one"]);
+    assert!(s.touch_if_current("k", first.fill));
+    assert!(!s.touch_if_current("other", first.fill));
+    let second = store_artifact(s, "k", &[b"two"]);
+    assert!(!s.touch_if_current("k", first.fill), "replaced");
+    assert!(s.touch_if_current("k", second.fill));
+    s.remove("k").unwrap();
+    assert!(!s.touch_if_current("k", second.fill), "removed");
+
+    // A use recorded through it counts for eviction like `touch`.
+    let old = store_artifact(s, "old", &[b"aaaa"]);
+    let new = store_artifact(s, "new", &[b"bbbb"]);
+    assert!(s.touch_if_current("old", old.fill));
+    s.evict(&EvictionPolicy {
+        max_bytes: Some(4),
+        min_free_bytes: None,
+    })
+    .unwrap();
+    assert!(!s.touch_if_current("new", new.fill), "evicted");
+    assert!(s.touch_if_current("old", old.fill), "used last, kept");
 }

@@ -16,8 +16,8 @@ use tracing::warn;
 
 use super::codec;
 use super::{
-    ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, PinGuard,
-    PinOwner, StoreError, Usage,
+    ArtifactMeta, ArtifactStore, ChunkReader, Commit, EvictionPolicy, EvictionReport, FillId,
+    PinGuard, PinOwner, StoreError, Usage,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,23 @@ pub trait Backend: Send + Sync + 'static {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]),
     ) -> Result<(), StoreError>;
+    /// Opens a chunk for reading piece by piece; `Ok(None)` if absent. The default reads it
+    /// whole and checks it at once.
+    fn open_chunk(
+        &self,
+        key: &[u8],
+        fill: FillId,
+        index: u32,
+    ) -> Result<Option<ChunkReader>, StoreError> {
+        let Some(raw) = self.get(Tree::Chunks, key)? else {
+            return Ok(None);
+        };
+        let data = codec::decode_chunk(raw).map_err(|detail| StoreError::Corrupt {
+            key_or_fill: format!("fill {fill} chunk {index}"),
+            detail,
+        })?;
+        Ok(Some(ChunkReader::checked(data, fill, index)))
+    }
     /// Unique across restarts.
     fn generate_id(&self) -> Result<u64, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
@@ -556,6 +573,24 @@ impl<B: Backend> ArtifactStore for Engine<B> {
                 key_or_fill: format!("fill {fill} chunk {index}"),
                 detail,
             })
+    }
+
+    fn open_chunk(&self, fill: FillId, index: u32) -> Result<Option<ChunkReader>, StoreError> {
+        // As in `read_chunk`: chunks of fills no longer readable read as gone.
+        if !self.state().fills.contains_key(&fill) {
+            return Ok(None);
+        }
+        self.backend()
+            .open_chunk(&codec::chunk_key(fill, index), fill, index)
+    }
+
+    fn touch_if_current(&self, key: &str, fill: FillId) -> bool {
+        let mut state = self.state();
+        if state.entries.get(key).map(|entry| entry.fill) != Some(fill) {
+            return false;
+        }
+        state.touch(key);
+        true
     }
 
     fn remove(&self, key: &str) -> Result<bool, StoreError> {

@@ -10,8 +10,8 @@ use super::{
     StoreError, Usage,
 };
 
-/// Cheap to clone. Calls that may touch the disk run on `spawn_blocking`; `pin`, `touch` and
-/// `usage` only touch memory and are plain calls.
+/// Cheap to clone. Calls that may touch the disk run on `spawn_blocking`; `pin`, `touch`,
+/// `touch_if_current` and `usage` only touch memory and are plain calls.
 #[derive(Clone)]
 pub struct Store(Arc<dyn ArtifactStore>);
 
@@ -109,6 +109,10 @@ impl Store {
 
     pub fn touch(&self, key: &str) {
         self.0.touch(key);
+    }
+
+    pub fn touch_if_current(&self, key: &str, fill: FillId) -> bool {
+        self.0.touch_if_current(key, fill)
     }
 
     pub fn usage(&self) -> Usage {

@@ -5,6 +5,7 @@
 //! under its key. Readers pin a fill while they stream it, so replacement, removal and eviction
 //! never pull chunks out from under them.
 
+mod chunk_reader;
 mod codec;
 mod engine;
 mod error;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use chunk_reader::{Cached, ChunkReader};
 pub use error::StoreError;
 pub use facade::Store;
 pub use memory::MemoryStore;
@@ -118,7 +120,8 @@ trait PinOwner: Send + Sync {
 }
 
 /// Synchronous artifact storage. Methods that may touch the disk block; from async code go
-/// through [`Store`]. `pin`, `touch` and `usage` only touch memory and never block on I/O.
+/// through [`Store`]. `pin`, `touch`, `touch_if_current` and `usage` only touch memory and
+/// never block on I/O.
 pub trait ArtifactStore: Send + Sync + 'static {
     /// The committed artifact under `key`. Absent (or unreadable, which is dropped) is `Ok(None)`.
     fn lookup(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError>;
@@ -144,6 +147,23 @@ pub trait ArtifactStore: Send + Sync + 'static {
     /// Chunk `index` of a committed or in-progress fill; `Ok(None)` if it is not (or no longer)
     /// there. Damaged chunks are `Corrupt`, never returned as data.
     fn read_chunk(&self, fill: FillId, index: u32) -> Result<Option<bytes::Bytes>, StoreError>;
+
+    /// Chunk `index` opened for reading piece by piece, its CRC checked as it is read (see
+    /// [`ChunkReader`]); `Ok(None)` as for `read_chunk`. The default reads the chunk whole.
+    fn open_chunk(&self, fill: FillId, index: u32) -> Result<Option<ChunkReader>, StoreError> {
+        Ok(self
+            .read_chunk(fill, index)?
+            .map(|data| ChunkReader::checked(data, fill, index)))
+    }
+
+    /// Records a use of `key` if it is still committed as `fill`: false once it was removed,
+    /// evicted or replaced. Only touches memory. This is how copies kept outside the store
+    /// (the artifact memory tier) learn that theirs is gone; a store that cannot tell
+    /// answers false, which only keeps its artifacts out of that tier.
+    fn touch_if_current(&self, key: &str, fill: FillId) -> bool {
+        let _ = (key, fill);
+        false
+    }
 
     /// Unpublishes `key` at once; its chunks go when no pin holds them. True if it existed.
     fn remove(&self, key: &str) -> Result<bool, StoreError>;

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use super::codec;
 use super::engine::{Backend, Engine, Tree};
-use super::StoreError;
+use super::{ChunkReader, FillId, StoreError};
 
 /// The persistent store. Opening it reclaims chunks of fills that a crash left uncommitted and
 /// rebuilds usage counters and LRU order from disk.
@@ -189,6 +190,40 @@ impl Backend for SledBackend {
         Ok(())
     }
 
+    fn open_chunk(
+        &self,
+        key: &[u8],
+        fill: FillId,
+        index: u32,
+    ) -> Result<Option<ChunkReader>, StoreError> {
+        use std::io::Read;
+        let mut file = match std::fs::File::open(self.chunk_path(key)?) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let corrupt = |detail: String| StoreError::Corrupt {
+            key_or_fill: format!("fill {fill} chunk {index}"),
+            detail,
+        };
+        let size = file.metadata()?.len();
+        let mut header = [0; codec::CHUNK_HEADER_LEN];
+        if size < header.len() as u64 {
+            return Err(corrupt(format!("chunk too short ({size} bytes)")));
+        }
+        file.read_exact(&mut header)?;
+        let crc = codec::decode_chunk_header(&header).map_err(corrupt)?;
+        let offset = header.len() as u64;
+        Ok(Some(ChunkReader::file(
+            file,
+            offset,
+            size - offset,
+            crc,
+            fill,
+            index,
+        )))
+    }
+
     fn generate_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
     }
@@ -205,7 +240,6 @@ impl Backend for SledBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::super::codec;
     use super::super::contract::{chunks_on_disk, commit_for, read_all, store_artifact, temp_sled};
     use super::super::{ArtifactStore, EvictionPolicy, StoreError, Usage};
     use super::*;

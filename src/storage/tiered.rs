@@ -21,8 +21,8 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::s3::{BlobRef, BlobUpload, Bucket, LeaseVersion, RefCommit};
 use super::{
-    ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, PinGuard,
-    StoreError, Usage,
+    ArtifactMeta, ArtifactStore, ChunkReader, Commit, EvictionPolicy, EvictionReport, FillId,
+    PinGuard, StoreError, Usage,
 };
 
 /// Counters of the shared tier; the metrics endpoint exposes them.
@@ -385,6 +385,15 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
 
     fn read_chunk(&self, fill: FillId, index: u32) -> Result<Option<Bytes>, StoreError> {
         self.local.read_chunk(fill, index)
+    }
+
+    fn open_chunk(&self, fill: FillId, index: u32) -> Result<Option<ChunkReader>, StoreError> {
+        self.local.open_chunk(fill, index)
+    }
+
+    /// Readers always read the hot tier, so its fill is the one a memory copy must match.
+    fn touch_if_current(&self, key: &str, fill: FillId) -> bool {
+        self.local.touch_if_current(key, fill)
     }
 
     /// Unpublishes `key` in both tiers, so the next request fetches it again.
