@@ -21,6 +21,8 @@
 //!   through leases in the shared bucket) and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes) from the gems' own metadata.
+//! - [`freshness`]: when cached metadata stops being current (per-project moments, pushed
+//!   versions awaited from GitLab).
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
 //! - [`upstream`]: the pooled client towards GitLab.
@@ -34,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod freshness;
 pub mod gems;
 pub mod metrics;
 pub mod protocol;

@@ -43,6 +43,10 @@ pub enum AuthResult {
     ProbeAccepted,
     /// GitLab asked now: no.
     ProbeRefused,
+    /// Re-confirmed in the background before expiry: yes.
+    ReconfirmedAccepted,
+    /// Re-confirmed in the background before expiry: refused, so forgotten.
+    ReconfirmedRefused,
     /// GitLab unreachable; accepted earlier within the offline grace.
     Grace,
     /// GitLab unreachable and the caller never confirmed: refused.
@@ -55,6 +59,8 @@ impl AuthResult {
             AuthResult::Remembered => "remembered",
             AuthResult::ProbeAccepted => "probe_accepted",
             AuthResult::ProbeRefused => "probe_refused",
+            AuthResult::ReconfirmedAccepted => "reconfirmed_accepted",
+            AuthResult::ReconfirmedRefused => "reconfirmed_refused",
             AuthResult::Grace => "grace",
             AuthResult::Unconfirmed => "unconfirmed",
         }
@@ -244,7 +250,10 @@ impl Metrics {
             })
             .inc();
         let source = match outcome {
-            CacheOutcome::Hit | CacheOutcome::Coalesced | CacheOutcome::Stale => "cache",
+            CacheOutcome::Hit
+            | CacheOutcome::Coalesced
+            | CacheOutcome::Stale
+            | CacheOutcome::Revalidated => "cache",
             CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Refused => "gitlab",
             CacheOutcome::Local => "local",
         };

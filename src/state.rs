@@ -12,6 +12,7 @@ use crate::cache::lease::Leases;
 use crate::cache::memory::MemoryTier;
 use crate::config::{Config, S3Config};
 use crate::error::Error;
+use crate::freshness::Freshness;
 use crate::gems::catalog::Catalogs;
 use crate::metrics::Metrics;
 use crate::storage::s3::{Bucket, S3Credentials, S3Settings};
@@ -27,6 +28,8 @@ pub struct AppState {
     pub key: FingerprintKey,
     pub gate: Gate,
     pub memory: MemoryTier,
+    /// Per-project moments and versions pushed but not yet shown by GitLab.
+    pub freshness: Freshness,
     /// Metadata misses at GitLab now, so concurrent ones for a key wait for the first.
     pub flights: Flights,
     /// Content keys whose background refresh is under way (one at a time per key).
@@ -34,7 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Artifact fills in flight, and the store they write to.
     pub fills: Fills,
-    pub upstream: Upstream,
+    /// Shared with background work (re-confirmations, refreshes).
+    pub upstream: Arc<Upstream>,
     /// Per-project RubyGems catalogs (compact index, gemspecs, spec indexes).
     pub catalogs: Catalogs,
     /// Set when the proxy serves HTTPS.
@@ -111,25 +115,35 @@ impl AppState {
         if let Some(leases) = &leases {
             metrics.register_shared_tier(leases.stats());
         }
-        let upstream = Upstream::new(
+        let upstream = Arc::new(Upstream::new(
             &config.upstream,
             config.upstream_url().clone(),
             metrics.clone(),
-        )?;
+        )?);
         let store = Store::new(store);
         let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone());
+        let memory = MemoryTier::new(
+            config.cache.memory_max_bytes.as_u64(),
+            config
+                .cache
+                .offline_grace
+                .max(config.cache.metadata_max_stale),
+            Some(store.clone()),
+        );
         Ok(Arc::new(AppState {
             fills,
+            freshness: Freshness::new(memory.clock()),
             catalogs: Catalogs::new(config.cache.metadata_ttl),
-            gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
-            memory: MemoryTier::new(
-                config.cache.memory_max_bytes.as_u64(),
+            gate: Gate::new(
+                config.cache.auth_ttl,
                 config
                     .cache
-                    .offline_grace
-                    .max(config.cache.metadata_max_stale),
-                Some(store),
+                    .auth_ttl
+                    .saturating_sub(config.cache.auth_refresh_window),
+                MAX_DECISIONS,
+                Some(store.clone()),
             ),
+            memory,
             flights: Flights::default(),
             refreshing: Mutex::default(),
             metrics,

@@ -6,6 +6,7 @@ mod authorize;
 mod gems;
 mod metadata;
 mod operations;
+mod push;
 mod relay;
 mod upload;
 

@@ -7,6 +7,7 @@ use rand::RngCore;
 
 use super::{Access, GemFixture, Visibility};
 
+#[derive(Clone)]
 pub(super) struct Instance {
     /// GitLab's configured host, the required start of every Go module path.
     pub host: String,
@@ -32,6 +33,7 @@ impl Instance {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Project {
     pub id: u64,
     pub full_path: String,
@@ -51,6 +53,7 @@ impl Project {
 }
 
 /// A Git tag: its commit time and the whole tree at that commit.
+#[derive(Clone)]
 pub(super) struct Tag {
     pub name: String,
     pub time: String,
@@ -59,6 +62,7 @@ pub(super) struct Tag {
 }
 
 /// A processed gem: the fixture plus the package files GitLab stores for it.
+#[derive(Clone)]
 pub(super) struct GemPackage {
     pub gem: GemFixture,
     pub gem_file: StoredFile,
@@ -80,6 +84,7 @@ impl GemPackage {
 }
 
 /// A package file as stored by GitLab, which may also live in the object store.
+#[derive(Clone)]
 pub(super) struct StoredFile {
     pub name: String,
     pub bytes: Bytes,
@@ -104,6 +109,7 @@ pub(super) fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+#[derive(Clone)]
 pub(super) struct Token {
     pub credential: Credential,
     /// The projects the token's user belongs to (for deploy tokens: the token's projects).
@@ -111,6 +117,7 @@ pub(super) struct Token {
 }
 
 /// What a token is, with only the states that kind of token can be in.
+#[derive(Clone)]
 pub(super) enum Credential {
     Personal {
         scopes: Vec<&'static str>,
