@@ -56,6 +56,14 @@ where
         path: PathBuf,
         done: Option<oneshot::Sender<PathBuf>>,
     }
+    impl<B> Drop for Teeing<B> {
+        fn drop(&mut self) {
+            // Dropped mid-upload (the client or GitLab went away): nothing will read the copy.
+            if self.file.take().is_some() {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
     let start = Teeing {
         upload,
         file: Some(file),
@@ -73,26 +81,21 @@ where
                         remove(&teeing.path).await;
                     }
                 }
+                // hyper stops polling a body once its declared length is sent, so the end
+                // is noticed here rather than by a last poll.
+                if teeing.upload.is_end_stream() {
+                    finish(&mut teeing.file, &teeing.path, &mut teeing.done).await;
+                }
                 Some((Ok(frame), Some(teeing)))
             }
             Some(Err(e)) => {
                 let e: BoxError = e.into();
+                teeing.file = None;
                 remove(&teeing.path).await;
                 Some((Err(e), None))
             }
             None => {
-                if let Some(mut file) = teeing.file.take() {
-                    match file.flush().await {
-                        Ok(()) => {
-                            if let Some(done) = teeing.done.take() {
-                                if let Err(path) = done.send(teeing.path.clone()) {
-                                    remove(&path).await;
-                                }
-                            }
-                        }
-                        Err(_) => remove(&teeing.path).await,
-                    }
-                }
+                finish(&mut teeing.file, &teeing.path, &mut teeing.done).await;
                 None
             }
         }
@@ -101,6 +104,36 @@ where
         Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send>,
     > = Box::pin(frames);
     (body::boxed(StreamBody::new(frames)), Some(Copy { done }))
+}
+
+/// The copy is complete: hands its path to whoever waits for it (or removes it).
+async fn finish(
+    file: &mut Option<tokio::fs::File>,
+    path: &Path,
+    done: &mut Option<oneshot::Sender<PathBuf>>,
+) {
+    let Some(mut file) = file.take() else {
+        return;
+    };
+    let flushed = file.flush().await;
+    drop(file);
+    match (flushed, done.take()) {
+        (Ok(()), Some(done)) => {
+            if let Err(path) = done.send(path.to_owned()) {
+                remove(&path).await;
+            }
+        }
+        _ => remove(path).await,
+    }
+}
+
+/// GitLab did not accept the upload: the copy is of no use.
+pub(super) async fn discard(copy: Copy) {
+    let mut done = copy.done;
+    done.close();
+    if let Ok(path) = done.try_recv() {
+        remove(&path).await;
+    }
 }
 
 /// After GitLab's `201`: reads the copy, makes the project's answers await the version, and

@@ -55,6 +55,8 @@ pub(super) async fn upload(
     if pushing && response.status() == StatusCode::CREATED {
         // Before the client hears of it, so its next request already sees the push.
         push::accepted(state, route, copy).await;
+    } else if let Some(copy) = copy {
+        push::discard(copy).await;
     }
     Ok(Handled::new(
         relay(response, false),
