@@ -268,10 +268,7 @@ async fn a_gitlab_marked_down_is_not_waited_for_and_is_found_again() {
     })
     .await;
     let r = get(&proxy, &list, Some(ALICE)).await;
-    assert_eq!(
-        (r.status, r.header("x-cache")),
-        (200, Some("revalidated"))
-    );
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("revalidated")));
 }
 
 #[tokio::test]

@@ -550,7 +550,11 @@ async fn cached_metadata_is_asked_for_again_after_the_ttl() {
     for path in &paths {
         let r = get(&proxy.url(), path, &[]).await;
         assert_eq!(r.status, 200, "{path}");
-        assert_eq!(outcome(&r).as_deref(), Some("hit"), "{path} refreshed ahead");
+        assert_eq!(
+            outcome(&r).as_deref(),
+            Some("hit"),
+            "{path} refreshed ahead"
+        );
         eventually("GitLab is asked again", || fake.hits(path) == 2).await;
     }
     // GitLab counts the request before the refresh has read and kept the answer.

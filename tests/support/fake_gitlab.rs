@@ -164,8 +164,11 @@ pub struct Processing {
     /// Reads the uploaded bytes as GitLab's extraction does; `None`: processing fails and
     /// nothing becomes visible. The default reads name, version and platform from the
     /// gem's `metadata.gz` and records no dependencies and no gemspec.
-    pub extract: Arc<dyn Fn(&[u8]) -> Option<GemFixture> + Send + Sync>,
+    pub extract: Extract,
 }
+
+/// How an uploaded body becomes a gem package (see [`Processing::extract`]).
+pub type Extract = Arc<dyn Fn(&[u8]) -> Option<GemFixture> + Send + Sync>;
 
 impl Default for Processing {
     fn default() -> Self {
