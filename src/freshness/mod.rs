@@ -168,6 +168,8 @@ pub fn surface_of(request: &GemRequest) -> Option<Surface> {
         GemRequest::SpecIndex(_) => Some(Surface::SpecIndexes),
         GemRequest::Dependencies(None)
         | GemRequest::RootFile
+        | GemRequest::Root
+        | GemRequest::CompactIndex(_)
         | GemRequest::Gemspec(_)
         | GemRequest::Gem(_)
         | GemRequest::Upload

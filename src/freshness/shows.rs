@@ -22,6 +22,8 @@ pub fn listed(request: &GemRequest, body: &[u8]) -> Option<Vec<(String, String)>
             spec_index(&marshal::load(&inflated)?)
         }
         GemRequest::RootFile
+        | GemRequest::Root
+        | GemRequest::CompactIndex(_)
         | GemRequest::Gemspec(_)
         | GemRequest::Gem(_)
         | GemRequest::Upload

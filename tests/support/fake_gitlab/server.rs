@@ -155,7 +155,7 @@ async fn respond(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<B
                         rubygems::answer(shared, era, &call, &project, endpoint, body).await
                     }
                     Route::Packages { project } => {
-                        packages::answer(&shared.instance, &call, &project)
+                        packages::answer(&shared.instance(), &call, &project)
                     }
                 }
             }
