@@ -101,7 +101,12 @@ fn fingerprint(c: &mut Criterion) {
 
 fn authorization(c: &mut Criterion) {
     let runtime = runtime();
-    let gate = Gate::new(Duration::from_secs(300), 1_000_000, None);
+    let gate = Gate::new(
+        Duration::from_secs(30),
+        Duration::from_secs(20),
+        1_000_000,
+        None,
+    );
     let caller = Caller::from_request(
         &FingerprintKey::random(),
         &request_headers("glpat-bench-0123456789abcdef"),

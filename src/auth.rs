@@ -5,10 +5,11 @@
 //! everything in the request that GitLab could read as a credential. Tokens themselves are
 //! never kept, logged or written anywhere.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -167,12 +168,54 @@ pub struct DecisionKey {
 /// Only acceptance is remembered: a refusal is answered from GitLab every time, so it is
 /// always exactly what GitLab says and never reaches another caller. What is written to disk
 /// is the fingerprint and a time, never a credential.
+///
+/// A decision is trusted for `ttl`; once it is `refresh_after` old it is still trusted, but
+/// its next use should have it re-confirmed in the background ([`Standing::RefreshAhead`]),
+/// so that callers who keep coming never wait for GitLab and a revoked credential is refused
+/// at most `ttl` after GitLab last said yes.
 #[derive(Clone)]
 pub struct Gate {
     accepted: moka::future::Cache<DecisionKey, u64>,
     store: Option<Store>,
     clock: Clock,
     ttl: Duration,
+    refresh_after: Duration,
+    /// Decisions whose background re-confirmation is under way (one at a time per decision).
+    confirming: Arc<Mutex<HashSet<DecisionKey>>>,
+}
+
+/// How far a remembered decision can be trusted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// GitLab said yes recently: trust it.
+    Trusted,
+    /// GitLab said yes, and the decision is in the last part of its life: trust it, and
+    /// re-confirm it in the background.
+    RefreshAhead,
+    /// Never accepted, or not within the TTL: GitLab must be asked before serving.
+    Unknown,
+}
+
+/// Held while one background re-confirmation of a decision runs; dropping it lets the next
+/// one start.
+pub struct Confirming {
+    key: DecisionKey,
+    confirming: Arc<Mutex<HashSet<DecisionKey>>>,
+}
+
+impl Confirming {
+    pub fn key(&self) -> &DecisionKey {
+        &self.key
+    }
+}
+
+impl Drop for Confirming {
+    fn drop(&mut self) {
+        self.confirming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 /// Record namespace of persisted decisions.
@@ -192,7 +235,13 @@ impl DecisionKey {
 }
 
 impl Gate {
-    pub fn new(ttl: Duration, max_decisions: u64, store: Option<Store>) -> Gate {
+    /// `refresh_after` is clamped to `ttl` (equal: no refresh ahead).
+    pub fn new(
+        ttl: Duration,
+        refresh_after: Duration,
+        max_decisions: u64,
+        store: Option<Store>,
+    ) -> Gate {
         Gate {
             // moka only bounds the table; freshness is judged by `Clock` below.
             accepted: moka::future::Cache::builder()
@@ -201,6 +250,8 @@ impl Gate {
             store,
             clock: Clock::new(),
             ttl,
+            refresh_after: refresh_after.min(ttl),
+            confirming: Arc::default(),
         }
     }
 
@@ -230,9 +281,39 @@ impl Gate {
 
     /// Whether GitLab accepted this caller for this project within the TTL.
     pub async fn is_accepted(&self, key: &DecisionKey) -> bool {
-        self.accepted_ago(key)
-            .await
-            .is_some_and(|ago| ago < self.ttl)
+        self.standing(key).await != Standing::Unknown
+    }
+
+    /// How far the decision about this caller and project can be trusted now.
+    pub async fn standing(&self, key: &DecisionKey) -> Standing {
+        match self.accepted_ago(key).await {
+            Some(ago) if ago < self.refresh_after => Standing::Trusted,
+            Some(ago) if ago < self.ttl => Standing::RefreshAhead,
+            _ => Standing::Unknown,
+        }
+    }
+
+    /// Claims the background re-confirmation of `key`; `None` while another one runs.
+    pub fn begin_confirming(&self, key: &DecisionKey) -> Option<Confirming> {
+        let mut confirming = self
+            .confirming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        confirming.insert(key.clone()).then(|| Confirming {
+            key: key.clone(),
+            confirming: self.confirming.clone(),
+        })
+    }
+
+    /// Forgets GitLab's earlier yes: GitLab has just refused this caller for this project,
+    /// so neither the cache nor the offline grace may serve it any more.
+    pub async fn revoke(&self, key: &DecisionKey) {
+        self.accepted.invalidate(key).await;
+        if let Some(store) = &self.store {
+            if let Err(e) = store.remove_record(DECISIONS, &key.record_key()).await {
+                tracing::warn!(error = %e, "removing a persisted decision failed");
+            }
+        }
     }
 
     /// Records that GitLab just answered this caller successfully for this project.
@@ -321,7 +402,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn decisions_expire_on_tokio_time() {
-        let gate = Gate::new(Duration::from_secs(60), 100, None);
+        let gate = Gate::new(Duration::from_secs(60), Duration::from_secs(60), 100, None);
         let key = DecisionKey {
             caller: caller(&FingerprintKey::random(), &[], None).fingerprint,
             project: Arc::from("42"),
@@ -340,6 +421,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn decisions_ask_for_refresh_ahead_then_expire() {
+        let store = Store::new(Arc::new(crate::storage::MemoryStore::new()));
+        let gate = Gate::new(
+            Duration::from_secs(30),
+            Duration::from_secs(20),
+            100,
+            Some(store.clone()),
+        );
+        let key = DecisionKey {
+            caller: caller(&FingerprintKey::random(), &[("private-token", "t")], None).fingerprint,
+            project: Arc::from("7"),
+            api: Api::Go,
+        };
+        assert_eq!(gate.standing(&key).await, Standing::Unknown);
+        gate.accept(key.clone()).await;
+        assert_eq!(gate.standing(&key).await, Standing::Trusted);
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert_eq!(gate.standing(&key).await, Standing::RefreshAhead);
+        let first = gate.begin_confirming(&key).expect("nobody confirms yet");
+        assert!(
+            gate.begin_confirming(&key).is_none(),
+            "one confirmation at a time"
+        );
+        drop(first);
+        assert!(gate.begin_confirming(&key).is_some());
+        // A confirmation renews the decision's life.
+        gate.accept(key.clone()).await;
+        assert_eq!(gate.standing(&key).await, Standing::Trusted);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(gate.standing(&key).await, Standing::Unknown);
+        // A refusal forgets it, on disk too: no grace for a revoked credential.
+        gate.accept(key.clone()).await;
+        gate.revoke(&key).await;
+        assert_eq!(gate.standing(&key).await, Standing::Unknown);
+        assert!(gate.accepted_ago(&key).await.is_none());
+        let restarted = Gate::new(
+            Duration::from_secs(30),
+            Duration::from_secs(20),
+            100,
+            Some(store),
+        );
+        assert!(restarted.accepted_ago(&key).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn decisions_survive_a_restart_through_the_store() {
         let store = Store::new(Arc::new(crate::storage::MemoryStore::new()));
         let key = DecisionKey {
@@ -347,11 +473,26 @@ mod tests {
             project: Arc::from("group%2Fproj"),
             api: Api::RubyGems,
         };
-        Gate::new(Duration::from_secs(60), 100, Some(store.clone()))
-            .accept(key.clone())
-            .await;
-        let restarted = Gate::new(Duration::from_secs(60), 100, Some(store.clone()));
-        let other = Gate::new(Duration::from_secs(60), 100, Some(store));
+        Gate::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            100,
+            Some(store.clone()),
+        )
+        .accept(key.clone())
+        .await;
+        let restarted = Gate::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            100,
+            Some(store.clone()),
+        );
+        let other = Gate::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            100,
+            Some(store),
+        );
         assert!(restarted.is_accepted(&key).await);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(

@@ -134,9 +134,19 @@ pub struct CacheConfig {
     /// How long GitLab's 404 is replayed to the same credential without asking again.
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
-    /// How long GitLab's acceptance of a caller for a project is trusted.
+    /// How long GitLab's acceptance of a caller for a project is trusted: the longest a
+    /// revoked credential can still read through the proxy.
     #[serde(with = "humantime_serde")]
     pub auth_ttl: Duration,
+    /// A decision used within this last part of its `auth_ttl` is re-confirmed with GitLab in
+    /// the background, so callers who keep coming never wait for a probe.
+    #[serde(with = "humantime_serde")]
+    pub auth_refresh_window: Duration,
+    /// After a `gem push` through the proxy, the project's RubyGems answers are asked of
+    /// GitLab again (never served from cache) until GitLab's answer shows the pushed version,
+    /// for at most this long (GitLab processes uploads in the background).
+    #[serde(with = "humantime_serde")]
+    pub push_window: Duration,
     /// Bound of the in-memory tier (bodies plus headers).
     pub memory_max_bytes: ByteSize,
     /// Larger metadata answers are passed through without being kept in memory.
@@ -279,11 +289,13 @@ impl Default for ServerConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            metadata_ttl: Duration::from_secs(60),
+            metadata_ttl: Duration::from_secs(30),
             metadata_max_stale: Duration::from_secs(600),
             offline_grace: Duration::from_secs(7 * 24 * 3600),
             negative_ttl: Duration::from_secs(30),
-            auth_ttl: Duration::from_secs(300),
+            auth_ttl: Duration::from_secs(30),
+            auth_refresh_window: Duration::from_secs(10),
+            push_window: Duration::from_secs(600),
             memory_max_bytes: ByteSize::mib(256),
             memory_entry_max_bytes: ByteSize::mib(16),
             artifact_memory_max_bytes: ByteSize::mib(64),
@@ -476,6 +488,11 @@ impl Config {
         if self.log.queue_lines == 0 {
             return Err(ConfigError::Invalid(
                 "log.queue_lines must be at least 1".to_owned(),
+            ));
+        }
+        if self.cache.auth_refresh_window > self.cache.auth_ttl {
+            return Err(ConfigError::Invalid(
+                "cache.auth_refresh_window must not exceed cache.auth_ttl".to_owned(),
             ));
         }
         if self.upstream.failure_threshold == 0 {
@@ -748,7 +765,7 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub shutdown_grace: Option<String>,
-    /// Freshness of cached lists, dependency answers and spec indexes [default: 60s].
+    /// Freshness of cached lists, dependency answers and spec indexes [default: 30s].
     #[arg(
         long,
         global = true,
@@ -784,7 +801,7 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub negative_ttl: Option<String>,
-    /// How long GitLab's acceptance of a caller for a project is trusted [default: 5m].
+    /// How long GitLab's acceptance of a caller for a project is trusted [default: 30s].
     #[arg(
         long,
         global = true,
@@ -793,6 +810,24 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub auth_ttl: Option<String>,
+    /// Last part of a decision's life in which a use re-confirms it in the background [default: 10s].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_AUTH_REFRESH_WINDOW",
+        value_name = "DURATION"
+    )]
+    pub auth_refresh_window: Option<String>,
+    /// How long after a gem push its project's RubyGems answers wait for GitLab to show it [default: 10m].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_PUSH_WINDOW",
+        value_name = "DURATION"
+    )]
+    pub push_window: Option<String>,
     /// Memory bound of the metadata tier [default: 256 MiB].
     #[arg(
         long,
@@ -1051,6 +1086,8 @@ impl Overrides {
             "cache.offline_grace" => offline_grace,
             "cache.negative_ttl" => negative_ttl,
             "cache.auth_ttl" => auth_ttl,
+            "cache.auth_refresh_window" => auth_refresh_window,
+            "cache.push_window" => push_window,
             "cache.memory_max_bytes" => memory_max_bytes,
             "cache.memory_entry_max_bytes" => memory_entry_max_bytes,
             "cache.artifact_memory_max_bytes" => artifact_memory_max_bytes,
@@ -1266,5 +1303,12 @@ mod tests {
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.log.format, LogFormat::Text);
         assert!(config.cache.memory_entry_max_bytes <= config.cache.memory_max_bytes);
+        assert_eq!(config.cache.auth_ttl, Duration::from_secs(30));
+        assert!(config.cache.auth_refresh_window < config.cache.auth_ttl);
+        assert_eq!(config.cache.metadata_ttl, Duration::from_secs(30));
+        assert!(Config::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[cache]\nauth_ttl = \"5s\"\nauth_refresh_window = \"6s\""
+        )
+        .is_err());
     }
 }

@@ -23,6 +23,8 @@
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes) from the gems' own metadata.
 //! - [`integrity`]: first-copy fingerprints (SHA-256, Go `h1:`) and the changes seen since.
+//! - [`freshness`]: when cached metadata stops being current (per-project moments, pushed
+//!   versions awaited from GitLab).
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
 //! - [`upstream`]: the pooled client towards GitLab.
@@ -44,6 +46,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod freshness;
 pub mod gems;
 pub mod integrity;
 pub mod metrics;

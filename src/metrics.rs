@@ -63,6 +63,10 @@ pub enum AuthResult {
     ProbeAccepted,
     /// GitLab asked now: no.
     ProbeRefused,
+    /// Re-confirmed in the background before expiry: yes.
+    ReconfirmedAccepted,
+    /// Re-confirmed in the background before expiry: refused, so forgotten.
+    ReconfirmedRefused,
     /// GitLab unreachable; accepted earlier within the offline grace.
     Grace,
     /// GitLab unreachable and the caller never confirmed: refused.
@@ -75,6 +79,8 @@ impl AuthResult {
             AuthResult::Remembered => "remembered",
             AuthResult::ProbeAccepted => "probe_accepted",
             AuthResult::ProbeRefused => "probe_refused",
+            AuthResult::ReconfirmedAccepted => "reconfirmed_accepted",
+            AuthResult::ReconfirmedRefused => "reconfirmed_refused",
             AuthResult::Grace => "grace",
             AuthResult::Unconfirmed => "unconfirmed",
         }
@@ -329,7 +335,10 @@ impl Metrics {
             })
             .inc();
         let source = match outcome {
-            CacheOutcome::Hit | CacheOutcome::Coalesced | CacheOutcome::Stale => {
+            CacheOutcome::Hit
+            | CacheOutcome::Coalesced
+            | CacheOutcome::Stale
+            | CacheOutcome::Revalidated => {
                 self.cached_requests.fetch_add(1, Ordering::Relaxed);
                 self.bytes_from_cache.fetch_add(bytes, Ordering::Relaxed);
                 "cache"

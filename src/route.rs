@@ -326,30 +326,51 @@ impl PackageRoute {
     ///
     /// GitLab authorizes before it looks at the module or file (reference §2.5, §3.3), so any
     /// route of the same project and API gives the same answer for an unauthorized caller.
-    /// For Go, `.info` stands in for an expensive `.zip`; lists, `.info` and `.mod` are cheap
-    /// and are their own probe. For RubyGems, the dependency endpoint without `gems` answers
-    /// three bytes.
+    /// A probe never asks for an artifact, so checking a caller never costs an artifact
+    /// transfer: for Go, the module's `@v/list` stands in for `.info`, `.mod` and `.zip`;
+    /// for RubyGems, the dependency endpoint without `gems` answers three bytes.
     pub fn probe_path_and_query(&self) -> String {
         match &self.request {
             PackageRequest::Go { module, request } => match request {
-                GoRequest::Zip(version) => {
-                    let path = format!(
-                        "{PROJECTS}{}/packages/go/{}/@v/{}.info",
-                        self.project.as_raw(),
-                        module.as_raw(),
-                        version.as_str()
-                    );
+                GoRequest::List => self.path_and_query(),
+                GoRequest::Info(_) | GoRequest::Mod(_) | GoRequest::Zip(_) => {
+                    let path = self.go_list_path(module);
                     match &self.query {
                         Some(q) => format!("{path}?{q}"),
                         None => path,
                     }
                 }
-                GoRequest::List | GoRequest::Info(_) | GoRequest::Mod(_) => self.path_and_query(),
             },
             PackageRequest::Gem(_) => format!(
                 "{PROJECTS}{}/packages/rubygems/api/v1/dependencies",
                 self.project.as_raw()
             ),
+        }
+    }
+
+    fn go_list_path(&self, module: &ModulePath) -> String {
+        format!(
+            "{PROJECTS}{}/packages/go/{}/@v/list",
+            self.project.as_raw(),
+            module.as_raw(),
+        )
+    }
+
+    /// The content key of `gems/<file_name>` in this route's project (`None` for a name
+    /// GitLab would not route).
+    pub fn gem_file_key(&self, file_name: &str) -> Option<String> {
+        GemFileName::parse(file_name, ".gem").ok()?;
+        Some(format!(
+            "{PROJECTS}{}/packages/rubygems/gems/{file_name}",
+            self.project.as_raw()
+        ))
+    }
+
+    /// For a Go route, the content key of its module's `@v/list`.
+    pub fn go_list_key(&self) -> Option<String> {
+        match &self.request {
+            PackageRequest::Go { module, .. } => Some(self.go_list_path(module)),
+            PackageRequest::Gem(_) => None,
         }
     }
 
@@ -621,7 +642,10 @@ mod tests {
             r.content_key(),
             "/api/v4/projects/group%2fproj/packages/go/gitlab.example.com/group/!my!lib/@v/v1.0.0+build.1.info"
         );
-        assert!(r.is_own_probe());
+        assert_eq!(
+            r.probe_path_and_query(),
+            "/api/v4/projects/group%2fproj/packages/go/gitlab.example.com/group/!my!lib/@v/list?private_token=x"
+        );
     }
 
     #[test]
@@ -634,10 +658,8 @@ mod tests {
         );
         assert_eq!(encoded.content_key(), plain.content_key());
         assert_eq!(encoded.request, plain.request);
-        assert_eq!(
-            encoded.probe_path_and_query(),
-            format!("{GO}/@v/v1.0.1-!r!c.1.info?x=1")
-        );
+        // The probe is the module's list, whatever the version's spelling.
+        assert_eq!(encoded.probe_path_and_query(), format!("{GO}/@v/list?x=1"));
         // The module part is GitLab's to decode; it stays as sent.
         let module = route(
             "GET",
@@ -663,9 +685,18 @@ mod tests {
 
     #[test]
     fn probes() {
-        let zip = route("GET", &format!("{GO}/@v/v1.2.3.zip"));
-        assert_eq!(zip.probe_path_and_query(), format!("{GO}/@v/v1.2.3.info"));
-        assert!(!zip.is_own_probe());
+        // No artifact is ever a probe: every Go artifact is checked with its module's list.
+        for file in ["v1.2.3.zip", "v1.2.3.mod", "v1.2.3.info"] {
+            let artifact = route("GET", &format!("{GO}/@v/{file}"));
+            assert_eq!(artifact.probe_path_and_query(), format!("{GO}/@v/list"));
+            assert!(!artifact.is_own_probe());
+        }
+        let list = route("GET", &format!("{GO}/@v/list"));
+        assert!(list.is_own_probe());
+        assert_eq!(
+            route("GET", &format!("{GO}/@v/v1.2.3.zip")).go_list_key(),
+            Some(list.content_key())
+        );
         let gem = route("GET", &format!("{GEMS}/gems/rack-3.0.0.gem"));
         assert_eq!(
             gem.probe_path_and_query(),
@@ -673,6 +704,12 @@ mod tests {
         );
         let deps = route("GET", &format!("{GEMS}/api/v1/dependencies"));
         assert!(deps.is_own_probe());
+        let push = route("POST", &format!("{GEMS}/api/v1/gems"));
+        assert_eq!(
+            push.gem_file_key("rack-3.0.0.gem"),
+            Some(route("GET", &format!("{GEMS}/gems/rack-3.0.0.gem")).content_key())
+        );
+        assert_eq!(push.gem_file_key("../x.gem"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::cache::lease::Leases;
 use crate::cache::memory::MemoryTier;
 use crate::config::{Config, S3Config};
 use crate::error::Error;
+use crate::freshness::Freshness;
 use crate::gems::catalog::Catalogs;
 use crate::integrity::Integrity;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub memory: MemoryTier,
     /// Records of stored artifacts and the bytes of small ones.
     pub artifacts: ArtifactMemory,
+    /// Per-project moments and versions pushed but not yet shown by GitLab.
+    pub freshness: Freshness,
     /// Metadata misses at GitLab now, so concurrent ones for a key wait for the first.
     pub flights: Flights,
     /// Content keys whose background refresh is under way (one at a time per key).
@@ -42,7 +45,8 @@ pub struct AppState {
     pub fills: Fills,
     /// First-copy fingerprints and the changes GitLab's content went through since.
     pub integrity: Integrity,
-    pub upstream: Upstream,
+    /// Shared with background work (re-confirmations, refreshes).
+    pub upstream: Arc<Upstream>,
     /// Per-project RubyGems catalogs (compact index, gemspecs, spec indexes).
     pub catalogs: Catalogs,
     /// Set when the proxy serves HTTPS.
@@ -138,11 +142,11 @@ impl AppState {
         if let Some(leases) = &leases {
             metrics.register_shared_tier(leases.stats());
         }
-        let upstream = Upstream::new(
+        let upstream = Arc::new(Upstream::new(
             &config.upstream,
             config.upstream_url().clone(),
             metrics.clone(),
-        )?;
+        )?);
         let store = Store::new(store);
         let integrity = Integrity::new(store.clone(), metrics.clone(), CHUNK_SIZE)
             .with_recheck(config.integrity.recheck);
@@ -153,20 +157,30 @@ impl AppState {
         let fills = Fills::new(store.clone(), config.eviction_policy(), metrics.clone())
             .with_integrity(integrity.clone())
             .with_memory(artifacts.clone());
+        let memory = MemoryTier::new(
+            config.cache.memory_max_bytes.as_u64(),
+            config
+                .cache
+                .offline_grace
+                .max(config.cache.metadata_max_stale),
+            Some(store.clone()),
+        );
         Ok(Arc::new(AppState {
             fills,
+            freshness: Freshness::new(memory.clock()),
             catalogs: Catalogs::new(config.cache.metadata_ttl),
             integrity,
             artifacts,
-            gate: Gate::new(config.cache.auth_ttl, MAX_DECISIONS, Some(store.clone())),
-            memory: MemoryTier::new(
-                config.cache.memory_max_bytes.as_u64(),
+            gate: Gate::new(
+                config.cache.auth_ttl,
                 config
                     .cache
-                    .offline_grace
-                    .max(config.cache.metadata_max_stale),
-                Some(store),
+                    .auth_ttl
+                    .saturating_sub(config.cache.auth_refresh_window),
+                MAX_DECISIONS,
+                Some(store.clone()),
             ),
+            memory,
             flights: Flights::default(),
             refreshing: Mutex::default(),
             metrics,

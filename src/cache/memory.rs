@@ -14,8 +14,8 @@ use crate::storage::Store;
 
 /// Record namespace of persisted metadata answers.
 const METADATA: &str = "metadata";
-/// Version of the persisted metadata encoding.
-const ENCODING: u8 = 1;
+/// Version of the persisted metadata encoding (1: without a validator, still read).
+const ENCODING: u8 = 2;
 
 /// A GitLab answer worth replaying: a success (shared by every authorized caller) or a 404
 /// (kept only for the credential it was given to).
@@ -24,8 +24,10 @@ pub struct CachedResponse {
     /// The headers worth replaying (content type and the like), see [`keep_header`].
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
-    /// When GitLab produced it, in [`Clock`] milliseconds.
+    /// When GitLab produced (or last confirmed) it, in [`Clock`] milliseconds.
     pub fetched_at_ms: u64,
+    /// GitLab's `ETag`, kept to revalidate with (never replayed to clients).
+    pub validator: Option<HeaderValue>,
 }
 
 impl CachedResponse {
@@ -38,6 +40,17 @@ impl CachedResponse {
                 .collect(),
             body,
             fetched_at_ms,
+            validator: None,
+        }
+    }
+
+    /// The same answer, confirmed by GitLab at `now_ms` (a `304`).
+    pub fn confirmed(&self, now_ms: u64) -> CachedResponse {
+        CachedResponse {
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            fetched_at_ms: now_ms,
+            validator: self.validator.clone(),
         }
     }
 
@@ -50,11 +63,19 @@ impl CachedResponse {
         u32::try_from(key_len + headers + self.body.len() + 64).unwrap_or(u32::MAX)
     }
 
-    /// `[version][fetched_at u64][header count u16]([name len u16][name][value len u32][value])*[body]`
+    /// `[version][fetched_at u64][validator len u16][validator][header count u16]([name len u16][name][value len u32][value])*[body]`
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.body.len());
         out.push(ENCODING);
         out.extend_from_slice(&self.fetched_at_ms.to_be_bytes());
+        let validator = self
+            .validator
+            .as_ref()
+            .map(HeaderValue::as_bytes)
+            .filter(|v| v.len() <= usize::from(u16::MAX))
+            .unwrap_or_default();
+        out.extend_from_slice(&u16::try_from(validator.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(validator);
         let count = u16::try_from(self.headers.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&count.to_be_bytes());
         for (name, value) in self.headers.iter().take(usize::from(count)) {
@@ -76,10 +97,20 @@ impl CachedResponse {
             rest = tail;
             Some(head)
         };
-        if take(1)? != [ENCODING] {
+        let version = take(1)?[0];
+        if version != 1 && version != ENCODING {
             return None;
         }
         let fetched_at_ms = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let validator = if version == ENCODING {
+            let len = u16::from_be_bytes(take(2)?.try_into().ok()?);
+            let bytes = take(usize::from(len))?;
+            (!bytes.is_empty())
+                .then(|| HeaderValue::from_bytes(bytes).ok())
+                .flatten()
+        } else {
+            None
+        };
         let count = u16::from_be_bytes(take(2)?.try_into().ok()?);
         let mut headers = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
@@ -93,6 +124,7 @@ impl CachedResponse {
             headers,
             body: Bytes::copy_from_slice(rest),
             fetched_at_ms,
+            validator,
         })
     }
 }
@@ -156,6 +188,11 @@ impl MemoryTier {
 
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The clock answers are stamped with.
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// The last successful answer for `key`, from memory or, after a restart, from the store.
@@ -264,9 +301,19 @@ mod tests {
         let tier = MemoryTier::new(1 << 20, Duration::from_secs(3600), Some(store.clone()));
         tier.insert("list".into(), response(&tier, b"v1.0.0\nv1.1.0"))
             .await;
+        let mut with_validator = CachedResponse::new(
+            &http::HeaderMap::new(),
+            Bytes::from_static(b"200"),
+            tier.now_ms(),
+        );
+        with_validator.validator = Some(HeaderValue::from_static("W/\"abc\""));
+        tier.insert("deps".into(), Arc::new(with_validator)).await;
         let restarted = MemoryTier::new(1 << 20, Duration::from_secs(3600), Some(store.clone()));
         let hit = restarted.get("list").await.unwrap();
         assert_eq!(&hit.response.body[..], b"v1.0.0\nv1.1.0");
+        assert!(hit.response.validator.is_none());
+        let deps = restarted.get("deps").await.unwrap();
+        assert_eq!(deps.response.validator.as_ref().unwrap(), "W/\"abc\"");
         assert_eq!(hit.response.headers[0].1, "text/plain");
         restarted.remove("list").await;
         let again = MemoryTier::new(1 << 20, Duration::from_secs(3600), Some(store));
@@ -278,7 +325,7 @@ mod tests {
         let tier = MemoryTier::new(1 << 20, Duration::from_secs(1), None);
         let encoded = response(&tier, b"body").encode();
         assert!(CachedResponse::decode(&encoded).is_some());
-        for cut in 0..12 {
+        for cut in 0..14 {
             assert!(CachedResponse::decode(&encoded[..cut]).is_none(), "{cut}");
         }
         let mut other_version = encoded.clone();

@@ -16,6 +16,8 @@ pub enum CacheOutcome {
     Miss,
     /// Joined a fetch already under way for another caller.
     Coalesced,
+    /// Served from cache after GitLab confirmed it is still current (a `304`).
+    Revalidated,
     /// Served from cache past its freshness because GitLab could not be asked (or while a
     /// background refresh runs).
     Stale,
@@ -33,6 +35,7 @@ impl CacheOutcome {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Revalidated => "revalidated",
             CacheOutcome::Stale => "stale",
             CacheOutcome::Bypass => "bypass",
             CacheOutcome::Refused => "refused",

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::authorize::{authorize, Authorized};
-use super::metadata::{keep_answer, remembered_not_found};
+use super::metadata::{keep_answer, remembered_not_found, version_served};
 use super::relay::{fetch, get, relay, relay_route, Fetched, Forward};
 use super::Handled;
 use crate::auth::DecisionKey;
@@ -268,6 +268,7 @@ pub(super) async fn lead(
         return keep_answer(state, decision, key, response, false, took).await;
     }
     state.gate.accept(decision.clone()).await;
+    version_served(state, route).await;
     let (parts, incoming) = response.into_parts();
     let kept: Vec<(String, String)> = parts
         .headers

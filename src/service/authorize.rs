@@ -1,18 +1,21 @@
 //! The authorization gate in front of every cached byte: remembered decisions, the cheap
-//! probe with the caller's own credentials, and the offline grace while GitLab is down.
+//! probe with the caller's own credentials, its re-confirmation ahead of expiry in the
+//! background, and the offline grace while GitLab is down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 
 use super::relay::{fetch, get, relay, Fetched, Forward};
 use super::Handled;
-use crate::auth::DecisionKey;
+use crate::auth::{Confirming, DecisionKey, Standing};
 use crate::cache::CacheOutcome;
 use crate::error::Error;
 use crate::metrics::AuthResult;
 use crate::route::PackageRoute;
 use crate::state::AppState;
+use crate::upstream::Upstream;
 
 /// The answer to "may this caller read this project's packages?"
 pub(super) enum Authorized {
@@ -32,9 +35,17 @@ pub(super) async fn authorize(
     headers: &Forward<'_>,
     head: bool,
 ) -> Result<Authorized, Error> {
-    if state.gate.is_accepted(decision).await {
-        state.metrics.auth(AuthResult::Remembered);
-        return Ok(Authorized::Yes(None));
+    match state.gate.standing(decision).await {
+        Standing::Trusted => {
+            state.metrics.auth(AuthResult::Remembered);
+            return Ok(Authorized::Yes(None));
+        }
+        Standing::RefreshAhead => {
+            state.metrics.auth(AuthResult::Remembered);
+            confirm_in_background(state, route, decision, headers.headers());
+            return Ok(Authorized::Yes(None));
+        }
+        Standing::Unknown => {}
     }
     match fetch(
         state,
@@ -55,6 +66,8 @@ pub(super) async fn authorize(
             // GitLab authorizes before it looks at the resource, so its refusal of the
             // probe is its refusal of this request: relay it, and nothing from the cache.
             state.metrics.auth(AuthResult::ProbeRefused);
+            // An earlier yes no longer holds, not even for the offline grace.
+            state.gate.revoke(decision).await;
             Ok(Authorized::No(Handled::new(
                 relay(probe, head),
                 CacheOutcome::Refused,
@@ -86,5 +99,53 @@ pub(super) async fn confirmed_earlier(
     } else {
         state.metrics.auth(AuthResult::Unconfirmed);
         Err(Error::Unconfirmed(error.to_string()))
+    }
+}
+
+/// Re-confirms a decision late in its life with the same probe and the same credentials,
+/// without holding up the request that noticed: a yes renews it, a refusal forgets it (so the
+/// caller's next request is refused by GitLab itself), a failure changes nothing.
+/// Concurrent uses of one decision start one confirmation.
+fn confirm_in_background(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: &http::HeaderMap,
+) {
+    let Some(confirming) = state.gate.begin_confirming(decision) else {
+        return;
+    };
+    let upstream = Arc::clone(&state.upstream);
+    let gate = state.gate.clone();
+    let metrics = state.metrics.clone();
+    let probe = get(route.probe_path_and_query(), headers.clone(), false);
+    tokio::spawn(async move {
+        let confirming: Confirming = confirming;
+        let answer = confirm(&upstream, probe).await;
+        match answer {
+            Some(true) => {
+                metrics.auth(AuthResult::ReconfirmedAccepted);
+                gate.accept(confirming.key().clone()).await;
+            }
+            Some(false) => {
+                metrics.auth(AuthResult::ReconfirmedRefused);
+                gate.revoke(confirming.key()).await;
+            }
+            None => {}
+        }
+    });
+}
+
+/// GitLab's answer to a probe: `Some(true)` yes, `Some(false)` a refusal (any 4xx), `None`
+/// when GitLab could not say.
+async fn confirm(upstream: &Upstream, probe: crate::upstream::UpstreamRequest) -> Option<bool> {
+    let (response, _) = upstream.send(probe).await.ok()?;
+    let status = response.status();
+    if status == StatusCode::OK {
+        Some(true)
+    } else if status.is_client_error() {
+        Some(false)
+    } else {
+        None
     }
 }

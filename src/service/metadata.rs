@@ -1,10 +1,12 @@
 //! Lists, dependency answers and spec indexes: the memory tier behind the gate, refreshed in
-//! the background, standing in for GitLab while it is down; remembered 404s per caller.
+//! the background, revalidated when their project moved on, standing in for GitLab while it
+//! is down; remembered 404s per caller.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -18,10 +20,12 @@ use crate::cache::flight::Flight;
 use crate::cache::memory::{CachedResponse, Lookup};
 use crate::cache::CacheOutcome;
 use crate::error::Error;
-use crate::metrics::AuthResult;
-use crate::route::PackageRoute;
+use crate::freshness::{self, shows};
+use crate::protocol::goproxy::GoRequest;
+use crate::protocol::rubygems::GemRequest;
+use crate::route::{PackageRequest, PackageRoute};
 use crate::state::AppState;
-use crate::upstream::UpstreamResponse;
+use crate::upstream::{UpstreamRequest, UpstreamResponse};
 
 /// Lists, dependency answers and spec indexes: memory tier (written through to the store)
 /// behind the authorization gate, refreshed in the background once stale, and standing in
@@ -52,23 +56,20 @@ pub(super) async fn metadata(
     let cached = state.memory.get(&key).await;
     if let Some(Lookup { response, age }) = &cached {
         let usable = *age < cache.metadata_max_stale;
-        // A route that is its own probe is simply fetched again for an unknown caller; for
-        // a known one, that one lookup was the authorization.
-        let own_probe = route.is_own_probe();
-        let known = !own_probe || state.gate.is_accepted(decision).await;
-        if usable && known {
-            let authorized = if own_probe {
-                state.metrics.auth(AuthResult::Remembered);
-                Authorized::Yes(None)
-            } else {
-                authorize(state, route, decision, &headers, head).await?
-            };
-            return match authorized {
+        // A route that is its own probe is simply fetched again for an unknown caller.
+        let known = !route.is_own_probe() || state.gate.is_accepted(decision).await;
+        if usable && known && is_current(state, route, response) {
+            return match authorize(state, route, decision, &headers, head).await? {
                 Authorized::Yes(took) => {
                     let outcome = if *age >= cache.metadata_ttl {
                         refresh_in_background(state, route, &key, &headers);
                         CacheOutcome::Stale
                     } else {
+                        // Refreshed ahead in the second half of its life, so answers in
+                        // steady use never go stale.
+                        if *age >= cache.metadata_ttl / 2 {
+                            refresh_in_background(state, route, &key, &headers);
+                        }
                         CacheOutcome::Hit
                     };
                     Ok(serve_cached(response, StatusCode::OK, head, outcome, took))
@@ -79,12 +80,14 @@ pub(super) async fn metadata(
     }
     // Concurrent misses of one key wait for the first to land, then look again: GitLab's
     // answer is shared by every caller the gate lets through.
+    let joined_at = state.memory.now_ms();
     let _flight = match state.flights.join(&key) {
         Flight::Leader(guard) => Some(guard),
         Flight::Waiter(waiter) => {
             waiter.landed().await;
-            if let Some(Lookup { response, age }) = state.memory.get(&key).await {
-                if age < cache.metadata_ttl {
+            if let Some(Lookup { response, .. }) = state.memory.get(&key).await {
+                // Only what GitLab answered the flight this request waited for.
+                if response.fetched_at_ms >= joined_at {
                     return match authorize(state, route, decision, &headers, head).await? {
                         Authorized::Yes(took) => Ok(serve_cached(
                             &response,
@@ -100,18 +103,31 @@ pub(super) async fn metadata(
             None
         }
     };
-    match fetch(
-        state,
-        get(route.path_and_query(), headers.into_headers(), true),
-    )
-    .await?
-    {
+    let previous = cached.as_ref().map(|c| c.response.clone());
+    let request = revalidation(route, headers.into_headers(), previous.as_deref());
+    match fetch(state, request).await? {
         Fetched::Answer(response, took) => {
             let status = response.status();
-            if status == StatusCode::OK {
+            if status == StatusCode::OK || status == StatusCode::NOT_MODIFIED {
                 state.gate.accept(decision.clone()).await;
             }
-            keep_answer(state, decision, key, response, head, took).await
+            match (status, previous) {
+                (StatusCode::NOT_MODIFIED, Some(previous)) => {
+                    let entry = Arc::new(previous.confirmed(state.memory.now_ms()));
+                    state.memory.insert(key, entry.clone()).await;
+                    Ok(serve_cached(
+                        &entry,
+                        StatusCode::OK,
+                        head,
+                        CacheOutcome::Revalidated,
+                        Some(took),
+                    ))
+                }
+                (StatusCode::OK, previous) => {
+                    keep_metadata(state, route, key, previous, response, head, took).await
+                }
+                _ => keep_answer(state, decision, key, response, head, took).await,
+            }
         }
         Fetched::Failed(error) => {
             if let Some(Lookup { response, .. }) = cached.filter(|c| c.age < cache.offline_grace) {
@@ -238,15 +254,25 @@ pub(super) fn refresh_in_background(
     }
     let state = state.clone();
     let key = key.to_owned();
-    let request = get(route.path_and_query(), headers.headers().clone(), true);
+    let route = route.clone();
+    let headers = headers.headers().clone();
     tokio::spawn(async move {
+        let previous = state.memory.get(&key).await.map(|c| c.response);
+        let request = revalidation(&route, headers, previous.as_deref());
         match fetch(&state, request).await {
             Ok(Fetched::Answer(response, _)) if response.status() == StatusCode::OK => {
                 let (parts, incoming) = response.into_parts();
                 let limit = usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64())
                     .unwrap_or(usize::MAX);
                 if let Ok(Collected::Complete(bytes)) = collect_limited(incoming, limit).await {
-                    let entry = CachedResponse::new(&parts.headers, bytes, state.memory.now_ms());
+                    took_in(&state, &route, previous.as_deref(), &bytes);
+                    let entry = answer_entry(&state, &parts.headers, bytes);
+                    state.memory.insert(key.clone(), Arc::new(entry)).await;
+                }
+            }
+            Ok(Fetched::Answer(response, _)) if response.status() == StatusCode::NOT_MODIFIED => {
+                if let Some(previous) = previous {
+                    let entry = previous.confirmed(state.memory.now_ms());
                     state.memory.insert(key.clone(), Arc::new(entry)).await;
                 }
             }
@@ -262,6 +288,148 @@ pub(super) fn refresh_in_background(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&key);
     });
+}
+
+/// Whether a cached answer may be served without asking GitLab: it belongs to its project's
+/// current moment, and no version pushed through the proxy is still awaited in it.
+fn is_current(state: &AppState, route: &PackageRoute, cached: &CachedResponse) -> bool {
+    let project = route.project.as_raw();
+    if !state.freshness.is_current(project, cached.fetched_at_ms) {
+        return false;
+    }
+    match &route.request {
+        PackageRequest::Gem(request) => state.freshness.awaited_by(project, request).is_empty(),
+        PackageRequest::Go { .. } => true,
+    }
+}
+
+/// The GET that asks GitLab for `route` again: conditional on the cached answer's validator
+/// where GitLab's validator for the route can be trusted (reference §1.3: the `ETag` Rack
+/// computes over a rendered body; never the constant one of Workhorse downloads, so spec
+/// indexes revalidate with `If-Modified-Since` instead).
+fn revalidation(
+    route: &PackageRoute,
+    mut headers: http::HeaderMap,
+    cached: Option<&CachedResponse>,
+) -> UpstreamRequest {
+    if let Some(cached) = cached {
+        let rendered = matches!(
+            route.request,
+            PackageRequest::Go {
+                request: GoRequest::List,
+                ..
+            } | PackageRequest::Gem(GemRequest::Dependencies(_))
+        );
+        if rendered {
+            if let Some(etag) = &cached.validator {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+        } else if let Some((_, modified)) = cached
+            .headers
+            .iter()
+            .find(|(name, _)| name == header::LAST_MODIFIED)
+        {
+            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+    get(route.path_and_query(), headers, true)
+}
+
+/// Takes GitLab's new answer in: versions awaited after a push that it shows are no longer
+/// awaited there, and a project whose answers changed moves on to a new moment, so that its
+/// other cached answers are revalidated before they are served again.
+fn took_in(
+    state: &AppState,
+    route: &PackageRoute,
+    previous: Option<&CachedResponse>,
+    body: &Bytes,
+) {
+    let project = route.project.as_raw();
+    let mut moved = previous.is_some_and(|p| p.body != *body);
+    if let PackageRequest::Gem(request) = &route.request {
+        let awaited = state.freshness.awaited_by(project, request);
+        let surface = freshness::surface_of(request);
+        if let (false, Some(surface)) = (awaited.is_empty(), surface) {
+            if let Some(listed) = shows::listed(request, body) {
+                for version in awaited {
+                    if shows::lists(&listed, &version.name, &version.version) {
+                        moved |= state.freshness.shown(project, surface, &version);
+                    }
+                }
+            }
+        }
+    }
+    if moved {
+        state.freshness.bump(project);
+    }
+}
+
+/// A cached answer from GitLab's headers and body, stamped now (after any [`took_in`]).
+fn answer_entry(state: &AppState, headers: &http::HeaderMap, body: Bytes) -> CachedResponse {
+    let mut entry = CachedResponse::new(headers, body, state.memory.now_ms());
+    entry.validator = headers.get(header::ETAG).cloned();
+    entry
+}
+
+/// Keeps GitLab's `200` for a metadata route, after taking it in, and passes it on.
+async fn keep_metadata(
+    state: &AppState,
+    route: &PackageRoute,
+    key: String,
+    previous: Option<Arc<CachedResponse>>,
+    response: UpstreamResponse,
+    head: bool,
+    took: Duration,
+) -> Result<Handled, Error> {
+    let (parts, incoming) = response.into_parts();
+    let limit =
+        usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
+    match collect_limited(incoming, limit).await.map_err(body_error)? {
+        Collected::Complete(bytes) => {
+            took_in(state, route, previous.as_deref(), &bytes);
+            let entry = Arc::new(answer_entry(state, &parts.headers, bytes));
+            state.memory.insert(key, entry.clone()).await;
+            Ok(serve_cached(
+                &entry,
+                StatusCode::OK,
+                head,
+                CacheOutcome::Miss,
+                Some(took),
+            ))
+        }
+        Collected::TooLarge { prefix, rest } => {
+            let response = Response::from_parts(parts, Prefixed::new(prefix, rest));
+            Ok(Handled::new(
+                relay(response, head),
+                CacheOutcome::Bypass,
+                Some(took),
+            ))
+        }
+    }
+}
+
+/// A Go version GitLab just served for the first time: if the module's cached `@v/list`
+/// lacks it, a tag was pushed since, and the project moves on, so the list (and everything
+/// else cached of the project) is asked for again before it is served next.
+pub(super) async fn version_served(state: &AppState, route: &PackageRoute) {
+    let PackageRequest::Go { request, .. } = &route.request else {
+        return;
+    };
+    let version = match request {
+        GoRequest::Info(v) | GoRequest::Mod(v) | GoRequest::Zip(v) => v.as_str(),
+        GoRequest::List => return,
+    };
+    let Some(list_key) = route.go_list_key() else {
+        return;
+    };
+    if let Some(cached) = state.memory.get(&list_key).await {
+        let listed = String::from_utf8_lossy(&cached.response.body)
+            .lines()
+            .any(|line| line.trim() == version);
+        if !listed {
+            state.freshness.bump(route.project.as_raw());
+        }
+    }
 }
 
 pub(super) fn serve_cached(

@@ -7,6 +7,7 @@ mod gems;
 mod metadata;
 mod offline;
 mod operations;
+mod push;
 mod recheck;
 mod relay;
 mod upload;

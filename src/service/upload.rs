@@ -1,18 +1,20 @@
-//! `gem push`: the upload streams to GitLab, bounded, never buffered whole.
+//! `gem push`: the upload streams to GitLab, bounded, never buffered whole; what an accepted
+//! push changes is [`super::push`]'s business.
 
 use std::net::IpAddr;
 
 use http::header;
-use http::Request;
+use http::{Request, StatusCode};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 
 use super::relay::relay;
-use super::Handled;
+use super::{push, Handled};
 use crate::body;
 use crate::cache::CacheOutcome;
 use crate::error::Error;
-use crate::route::PackageRoute;
+use crate::protocol::rubygems::GemRequest;
+use crate::route::{PackageRequest, PackageRoute};
 use crate::state::AppState;
 use crate::upstream::{forward_headers, UpstreamRequest};
 
@@ -34,14 +36,28 @@ pub(super) async fn upload(
     }
     let headers = forward_headers(request.headers(), client, false);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let method = request.method().clone();
+    let upload = Limited::new(request.into_body(), limit);
+    let pushing = matches!(route.request, PackageRequest::Gem(GemRequest::Upload));
+    let (body, copy) = if pushing {
+        push::tee(state, upload).await
+    } else {
+        (body::boxed(upload), None)
+    };
     let upstream_request = UpstreamRequest {
-        method: request.method().clone(),
+        method,
         path_and_query: route.path_and_query(),
         headers,
-        body: body::boxed(Limited::new(request.into_body(), limit)),
+        body,
         follow_redirects: false,
     };
     let (response, took) = state.upstream.send(upstream_request).await?;
+    if pushing && response.status() == StatusCode::CREATED {
+        // Before the client hears of it, so its next request already sees the push.
+        push::accepted(state, route, copy).await;
+    } else if let Some(copy) = copy {
+        push::discard(copy).await;
+    }
     Ok(Handled::new(
         relay(response, false),
         CacheOutcome::Bypass,

@@ -150,6 +150,34 @@ pub struct FakeGitLabBuilder {
     projects: Vec<Project>,
     tokens: HashMap<String, Token>,
     object_store_redirects: bool,
+    processing: Processing,
+}
+
+/// How the fake processes an accepted upload in the background, as GitLab's
+/// `ProcessGemService` (package) and `CreateSpecFilesWorker` (spec indexes) do.
+#[derive(Clone)]
+pub struct Processing {
+    /// From the upload's acceptance until the package is installable (dependency API, `.gem`).
+    pub package_after: Duration,
+    /// From then until the spec indexes include it.
+    pub indexes_after: Duration,
+    /// Reads the uploaded bytes as GitLab's extraction does; `None`: processing fails and
+    /// nothing becomes visible. The default reads name, version and platform from the
+    /// gem's `metadata.gz` and records no dependencies and no gemspec.
+    pub extract: Extract,
+}
+
+/// How an uploaded body becomes a gem package (see [`Processing::extract`]).
+pub type Extract = Arc<dyn Fn(&[u8]) -> Option<GemFixture> + Send + Sync>;
+
+impl Default for Processing {
+    fn default() -> Self {
+        Processing {
+            package_after: Duration::from_millis(200),
+            indexes_after: Duration::from_millis(200),
+            extract: Arc::new(rubygems::extract_metadata),
+        }
+    }
 }
 
 impl FakeGitLabBuilder {
@@ -199,28 +227,7 @@ impl FakeGitLabBuilder {
             files.iter().any(|(path, _)| path == "go.mod"),
             "go_version({version}) in {subdir:?}: the files must include go.mod"
         );
-        let subdir = subdir.trim_matches('/');
-        let project = self.project_mut(project_id);
-        let tag = match project.tags.iter().position(|t| t.name == version) {
-            Some(index) => &mut project.tags[index],
-            None => {
-                project.tags.push(Tag {
-                    name: version.to_owned(),
-                    time: time.to_owned(),
-                    files: Default::default(),
-                });
-                project.tags.last_mut().expect("just pushed")
-            }
-        };
-        assert_eq!(tag.time, time, "tag {version} was given two commit times");
-        for (path, contents) in files {
-            let full_path = if subdir.is_empty() {
-                path
-            } else {
-                format!("{subdir}/{path}")
-            };
-            tag.files.insert(full_path, Bytes::from(contents));
-        }
+        add_go_files(self.project_mut(project_id), subdir, version, time, files);
         self
     }
 
@@ -287,6 +294,12 @@ impl FakeGitLabBuilder {
         self
     }
 
+    /// How accepted uploads become visible (see [`Processing`]).
+    pub fn processing(mut self, processing: Processing) -> Self {
+        self.processing = processing;
+        self
+    }
+
     /// Binds `127.0.0.1:0` (and a second port for the object store when redirects are on)
     /// and serves on the current tokio runtime until [`FakeGitLab::shutdown`] or drop.
     pub async fn start(mut self) -> FakeGitLab {
@@ -320,6 +333,7 @@ impl FakeGitLabBuilder {
         let shared = Arc::new(Shared {
             host: instance.host.clone(),
             instance: RwLock::new(Arc::new(instance)),
+            processing: self.processing,
             era: Mutex::new(self.era),
             down: AtomicBool::new(false),
             log: Mutex::default(),
@@ -381,6 +395,7 @@ impl FakeGitLab {
             projects: Vec::new(),
             tokens: HashMap::new(),
             object_store_redirects: false,
+            processing: Processing::default(),
         }
     }
 
@@ -392,6 +407,62 @@ impl FakeGitLab {
     /// The GitLab host that Go module paths start with.
     pub fn host(&self) -> &str {
         &self.shared.host
+    }
+
+    /// Pushes a new tag to the repository, as `git push origin v1.3.0` would (see
+    /// [`FakeGitLabBuilder::go_version`]); requests that arrive afterwards see it.
+    pub fn create_tag(
+        &self,
+        project_id: u64,
+        subdir: &str,
+        version: &str,
+        time: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) {
+        self.shared.change_instance(|instance| {
+            let project = instance
+                .projects
+                .iter_mut()
+                .find(|p| p.id == project_id)
+                .unwrap_or_else(|| panic!("no project {project_id}"));
+            add_go_files(project, subdir, version, time, files);
+        });
+    }
+
+    /// Changes a token's state, as revoking it (or its job finishing) in GitLab does; GitLab
+    /// refuses it from the next request on.
+    pub fn set_token_state(&self, value: &str, state: TokenState) {
+        self.shared.change_instance(|instance| {
+            let token = instance
+                .tokens
+                .get_mut(value)
+                .unwrap_or_else(|| panic!("no token {value}"));
+            match &mut token.credential {
+                Credential::Personal { state: pat, .. } => {
+                    *pat = match state {
+                        TokenState::Active => PatState::Active,
+                        TokenState::Expired => PatState::Expired,
+                        TokenState::Revoked => PatState::Revoked,
+                        TokenState::JobFinished => panic!("{value} is not a job token"),
+                    }
+                }
+                Credential::Job { running } => *running = state == TokenState::Active,
+                Credential::Deploy { active, .. } => *active = state == TokenState::Active,
+            }
+        });
+    }
+
+    /// The versions of `name` that the project's packages hold now (processed uploads included).
+    pub fn gem_versions(&self, project_id: u64, name: &str) -> Vec<String> {
+        self.shared
+            .instance()
+            .projects
+            .iter()
+            .filter(|p| p.id == project_id)
+            .flat_map(|p| &p.packages)
+            .filter(|p| p.gem.name == name)
+            .map(|p| p.gem.version.clone())
+            .collect()
     }
 
     pub fn set_era(&self, era: RubyGemsEra) {
@@ -554,6 +625,7 @@ struct Shared {
     /// Replaced whole when a test changes the repository or the registry at run time, so a
     /// request in flight keeps the snapshot it started with.
     instance: RwLock<Arc<Instance>>,
+    processing: Processing,
     era: Mutex<RubyGemsEra>,
     down: AtomicBool,
     log: Mutex<RequestLog>,
@@ -577,6 +649,37 @@ impl Shared {
         let mut next = Instance::clone(&current);
         change(&mut next);
         *current = Arc::new(next);
+    }
+}
+
+/// Adds a module's files to tag `version` of a project, creating the tag if needed.
+fn add_go_files(
+    project: &mut Project,
+    subdir: &str,
+    version: &str,
+    time: &str,
+    files: Vec<(String, Vec<u8>)>,
+) {
+    let subdir = subdir.trim_matches('/');
+    let tag = match project.tags.iter().position(|t| t.name == version) {
+        Some(index) => &mut project.tags[index],
+        None => {
+            project.tags.push(Tag {
+                name: version.to_owned(),
+                time: time.to_owned(),
+                files: Default::default(),
+            });
+            project.tags.last_mut().expect("just pushed")
+        }
+    };
+    assert_eq!(tag.time, time, "tag {version} was given two commit times");
+    for (path, contents) in files {
+        let full_path = if subdir.is_empty() {
+            path
+        } else {
+            format!("{subdir}/{path}")
+        };
+        tag.files.insert(full_path, Bytes::from(contents));
     }
 }
 

@@ -123,34 +123,54 @@ pub fn build_gem_with(
         .env("SOURCE_DATE_EPOCH", "1700000000");
     commands::run(&mut build, TIMEOUT);
     let gem_path = work.join(format!("{name}-{version}.gem"));
-    let gemspec_path = work.join(format!("{name}-{version}.gemspec.rz"));
+    spec_with_ruby(&gem_path, &home).expect("Ruby reads the gem it built")
+}
+
+/// What GitLab's processing makes of a pushed gem, done by Ruby itself: the name, version,
+/// platform and dependencies RubyGems reads from it, and the `gemspec.rz` GitLab stores
+/// (`Gem::Package.new(path).spec` → `Marshal.dump` → `Gem.deflate`). `None` if Ruby cannot
+/// read it. For `Processing::extract` of the fake GitLab.
+pub fn extract_with_ruby(gem: &[u8]) -> Option<GemFixture> {
+    let dir = tempfile::tempdir().ok()?;
+    let path = dir.path().join("pushed.gem");
+    std::fs::write(&path, gem).ok()?;
+    spec_with_ruby(&path, dir.path())
+}
+
+fn spec_with_ruby(gem_path: &Path, home: &Path) -> Option<GemFixture> {
+    let gemspec_path = gem_path.with_extension("gemspec.rz");
     let mut spec = commands::clean("ruby");
     spec.arg("-e")
         .arg(
             "require \"rubygems/package\"; \
              spec = Gem::Package.new(ARGV[0]).spec; \
              File.binwrite(ARGV[1], Gem.deflate(Marshal.dump(spec))); \
-             puts spec.platform.to_s; \
+             puts spec.name, spec.version.to_s, spec.platform.to_s; \
              spec.dependencies.each { |d| puts [d.name, d.requirement.to_s].join(\"\\t\") }",
         )
-        .arg(&gem_path)
+        .arg(gem_path)
         .arg(&gemspec_path)
-        .env("HOME", &home);
-    let printed = commands::run(&mut spec, TIMEOUT).stdout;
-    let mut lines = printed.lines();
+        .env("HOME", home);
+    let finished = commands::run_unchecked(&mut spec, TIMEOUT);
+    if !finished.success() {
+        return None;
+    }
+    let mut lines = finished.stdout.lines();
+    let name = lines.next()?.to_owned();
+    let version = lines.next()?.to_owned();
     let platform = lines.next().unwrap_or("ruby").to_owned();
     let dependencies = lines
         .filter_map(|line| line.split_once('\t'))
         .map(|(name, requirement)| (name.to_owned(), requirement.to_owned()))
         .collect();
-    GemFixture {
-        name: name.to_owned(),
-        version: version.to_owned(),
+    Some(GemFixture {
+        name,
+        version,
         platform,
-        gem_bytes: std::fs::read(&gem_path).expect("the built gem"),
-        gemspec_rz: Some(std::fs::read(&gemspec_path).expect("the gemspec.rz")),
+        gem_bytes: std::fs::read(gem_path).ok()?,
+        gemspec_rz: Some(std::fs::read(&gemspec_path).ok()?),
         dependencies,
-    }
+    })
 }
 
 /// The Ruby module name of a gem: `gpc_leaf` → `GpcLeaf`.
@@ -319,4 +339,28 @@ pub fn zip_entries(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
 /// Equal bytes, or zips with equal entries.
 pub fn same_body(a: &[u8], b: &[u8]) -> bool {
     a == b || matches!((zip_entries(a), zip_entries(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// A `.gem` as `gem build` lays it out, as far as readers of its metadata look: a tar with
+/// `metadata.gz` (the YAML specification) first, then `data.tar.gz`. Not installable; for
+/// tests of what a push changes without Ruby.
+pub fn minimal_gem(name: &str, version: &str) -> Vec<u8> {
+    use std::io::Write;
+    let yaml = format!(
+        "--- !ruby/object:Gem::Specification\nname: {name}\nversion: !ruby/object:Gem::Version\n  version: {version}\nplatform: ruby\nauthors:\n- Test\ndependencies: []\nsummary: test gem\n"
+    );
+    let mut metadata = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    metadata.write_all(yaml.as_bytes()).expect("gzip to memory");
+    let metadata = metadata.finish().expect("gzip to memory");
+    let mut archive = tar::Builder::new(Vec::new());
+    for (path, data) in [("metadata.gz", metadata), ("data.tar.gz", noise(2048, 7))] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o444);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, path, data.as_slice())
+            .expect("tar to memory");
+    }
+    archive.into_inner().expect("tar to memory")
 }

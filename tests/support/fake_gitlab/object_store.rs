@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -29,7 +30,7 @@ const CREDENTIAL_HEADERS: [&str; 4] = [
 pub(super) struct ObjectStore {
     base_url: String,
     /// Request path -> contents.
-    objects: HashMap<String, Bytes>,
+    objects: Mutex<HashMap<String, Bytes>>,
     hits: AtomicU64,
     saw_credentials: AtomicBool,
 }
@@ -48,6 +49,7 @@ impl ObjectStore {
             })
             .map(|file| (object_path(file), file.bytes.clone()))
             .collect();
+        let objects = Mutex::new(objects);
         ObjectStore {
             base_url: format!("http://{}", super::local_addr(listener)),
             objects,
@@ -86,7 +88,10 @@ impl ObjectStore {
         if !signed {
             return text(StatusCode::FORBIDDEN, "AccessDenied");
         }
-        let Some(bytes) = self.objects.get(request.uri().path()) else {
+        let Some(bytes) = super::lock(&self.objects)
+            .get(request.uri().path())
+            .cloned()
+        else {
             return text(StatusCode::NOT_FOUND, "NoSuchKey");
         };
         let body = if method == Method::HEAD {
@@ -99,6 +104,11 @@ impl ObjectStore {
             .header(CONTENT_LENGTH, bytes.len())
             .body(full(body))
             .expect("a valid response")
+    }
+
+    /// Stores a package file GitLab created after start (a processed upload, a rebuilt index).
+    pub fn put(&self, file: &StoredFile) {
+        super::lock(&self.objects).insert(object_path(file), file.bytes.clone());
     }
 
     pub fn hits(&self) -> u64 {

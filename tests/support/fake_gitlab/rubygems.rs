@@ -1,7 +1,8 @@
 //! The RubyGems API: spec indexes, gemspecs, gems, the dependency API and uploads (§3).
 
 use std::cmp::Ordering;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use flate2::{Compression, GzBuilder};
@@ -13,7 +14,7 @@ use super::auth::{self, Call, Caller};
 use super::model::{GemPackage, Project, StoredFile};
 use super::reply::{Api, Reply};
 use super::route::RubyGemsEndpoint;
-use super::{lock, RubyGemsEra, Shared};
+use super::{lock, GemFixture, RubyGemsEra, Shared};
 
 const SPEC_INDEX_FILE_NAMES: [&str; 3] = [
     "specs.4.8.gz",
@@ -26,7 +27,7 @@ const SPEC_INDEX_FILE_NAMES: [&str; 3] = [
 /// then the endpoint. There is no `authenticate_non_public` here: a private project is
 /// "not found" to anonymous callers.
 pub(super) async fn answer(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     era: RubyGemsEra,
     call: &Call<'_>,
     project_id: &str,
@@ -162,7 +163,7 @@ fn dependency_entry(requested_name: &str, package: &GemPackage) -> marshal::Valu
 /// answers 201. The gem is only recorded, not served: GitLab keeps a new upload as a
 /// temporary package until a background job processes it.
 async fn upload(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     caller: &Caller<'_>,
     project: &Project,
     body: hyper::body::Incoming,
@@ -173,11 +174,83 @@ async fn upload(
     let Ok(body) = body.collect().await else {
         return Reply::malformed("the request body could not be read");
     };
+    let body = body.to_bytes();
     lock(&shared.uploads)
         .entry(project.id)
         .or_default()
-        .push(body.to_bytes());
+        .push(body.clone());
+    process_in_background(Arc::clone(shared), project.id, body);
     Reply::message(Api::RubyGems, StatusCode::CREATED, "201 Created")
+}
+
+/// What GitLab does after answering 201: `ProcessGemService` makes the package installable
+/// (the dependency API and downloads see it), then `CreateSpecFilesWorker` rebuilds the
+/// project's spec indexes. Both run later, in the background.
+fn process_in_background(shared: Arc<Shared>, project_id: u64, body: Bytes) {
+    tokio::spawn(async move {
+        let processing = shared.processing.clone();
+        tokio::time::sleep(processing.package_after).await;
+        // Extraction may run Ruby: keep it off the runtime the servers share.
+        let extract = Arc::clone(&processing.extract);
+        let Ok(Some(gem)) = tokio::task::spawn_blocking(move || extract(&body)).await else {
+            return;
+        };
+        let package = GemPackage::new(gem);
+        if let Some(store) = &shared.object_store {
+            store.put(&package.gem_file);
+            if let Some(gemspec) = &package.gemspec_file {
+                store.put(gemspec);
+            }
+        }
+        shared.change_instance(|instance| {
+            if let Some(project) = instance.projects.iter_mut().find(|p| p.id == project_id) {
+                project.packages.push(package);
+            }
+        });
+        tokio::time::sleep(processing.indexes_after).await;
+        shared.change_instance(|instance| {
+            if let Some(project) = instance.projects.iter_mut().find(|p| p.id == project_id) {
+                project.spec_indexes = spec_indexes(&project.packages);
+                if let Some(store) = &shared.object_store {
+                    for file in &project.spec_indexes {
+                        store.put(file);
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Reads a `.gem` as GitLab's extraction does, as far as the fake needs: the tar's
+/// `metadata.gz`, inflated, and from its YAML the name, the version and the platform.
+pub fn extract_metadata(gem: &[u8]) -> Option<GemFixture> {
+    let mut archive = tar::Archive::new(gem);
+    let mut yaml = String::new();
+    for entry in archive.entries().ok()? {
+        let entry = entry.ok()?;
+        if entry.path().ok()?.to_str() == Some("metadata.gz") {
+            flate2::read::GzDecoder::new(entry)
+                .read_to_string(&mut yaml)
+                .ok()?;
+            break;
+        }
+    }
+    let unquote = |v: &str| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned();
+    let mut lines = yaml.lines();
+    let (mut name, mut version, mut platform) = (None, None, "ruby".to_owned());
+    while let Some(line) = lines.next() {
+        if let Some(value) = line.strip_prefix("name: ") {
+            name.get_or_insert_with(|| unquote(value));
+        } else if line.starts_with("version: ") {
+            let next = lines.next()?;
+            version = Some(unquote(next.trim_start().strip_prefix("version: ")?));
+        } else if let Some(value) = line.strip_prefix("platform: ") {
+            platform = unquote(value);
+        }
+    }
+    let mut gem_fixture = GemFixture::new(&name?, &version?, gem.to_vec());
+    gem_fixture.platform = platform;
+    Some(gem_fixture)
 }
 
 /// The three spec indexes of a project, as `CreateSpecFilesService` builds them: gzip

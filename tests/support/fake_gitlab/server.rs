@@ -131,7 +131,7 @@ pub(super) async fn handle(
     Ok(deliver(response, fault.as_ref()))
 }
 
-async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Bytes> {
+async fn respond(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bytes> {
     let (parts, body) = request.into_parts();
     let era = *lock(&shared.era);
     let reply = match route::parse(&parts.method, parts.uri.path(), era) {
