@@ -1315,7 +1315,6 @@ async fn gem_install_version(root: &Path, source: &str, name: &str, version: &st
 /// the proxy, and the one after installs exactly that version. The proxy holds the spec index
 /// from before the push; it must not serve it once GitLab has processed the upload.
 #[tokio::test]
-#[ignore = "known gap: since main serves the compact index, gem reads versions/info from the gems catalog, which does not yet consult state.freshness after a push"]
 async fn gem_push_then_install_of_the_new_version_through_the_proxy() {
     for tool in ["ruby", "gem"] {
         commands::require_tool(tool);

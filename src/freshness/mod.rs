@@ -115,6 +115,21 @@ impl Freshness {
         });
     }
 
+    /// Every version pushed to `project` through the proxy within its window, as (name,
+    /// version), whether or not GitLab shows it yet.
+    pub fn pushed(&self, project: &str) -> Vec<(String, String)> {
+        let now = self.clock.now_ms();
+        let projects = self.projects.lock().unwrap_or_else(PoisonError::into_inner);
+        projects.get(project).map_or_else(Vec::new, |state| {
+            state
+                .awaited
+                .iter()
+                .filter(|a| a.until_ms > now)
+                .map(|a| (a.name.clone(), a.version.clone()))
+                .collect()
+        })
+    }
+
     /// The versions an answer to `request` of `project` must be checked for: those pushed
     /// within the window that have not shown on its surface yet. Empty for requests that
     /// cannot show a pushed version (a dependency query for other gems).

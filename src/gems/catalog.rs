@@ -114,6 +114,9 @@ pub struct Source<'a> {
     pub project: &'a ProjectRef,
     /// The caller's headers, already translated and fit for a cacheable fetch.
     pub headers: HeaderMap,
+    /// Versions pushed through the proxy that GitLab may not list yet (it extracts uploads
+    /// in the background); their `.gem` is stored, so they are indexed from it.
+    pub pushed: Vec<(String, String)>,
 }
 
 /// Catalogs per project, and the metadata of every gem read so far.
@@ -157,7 +160,12 @@ impl Catalogs {
     }
 
     async fn build(&self, source: &Source<'_>) -> Result<Catalog, Error> {
-        let listed = list(source).await?;
+        let mut listed = list(source).await?;
+        for pushed in &source.pushed {
+            if !listed.contains(pushed) {
+                listed.push(pushed.clone());
+            }
+        }
         let indexed: Vec<Option<Arc<IndexedVersion>>> = stream::iter(listed)
             .map(|(name, version)| self.indexed(source, name, version))
             .buffer_unordered(GEM_FETCHES)

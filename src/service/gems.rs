@@ -170,6 +170,7 @@ async fn catalog(
         fills: &state.fills,
         project: &route.project,
         headers,
+        pushed: state.freshness.pushed(route.project.as_raw()),
     };
     let (catalog, fresh) = state
         .catalogs

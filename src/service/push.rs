@@ -177,6 +177,8 @@ pub(super) async fn accepted(state: &AppState, route: &PackageRoute, copy: Optio
         state.config.cache.push_window,
     );
     keep(state, route, &gem, path).await;
+    // The compact index and the indexes written from it are rebuilt with the pushed version.
+    state.catalogs.invalidate(project).await;
 }
 
 /// Stores the copy as the `.gem` GitLab will serve for this name and version.
