@@ -378,7 +378,7 @@ impl PackageRoute {
     pub fn is_own_probe(&self) -> bool {
         match &self.request {
             // Said without building either string: this runs on every metadata hit.
-            PackageRequest::Go { request, .. } => !matches!(request, GoRequest::Zip(_)),
+            PackageRequest::Go { request, .. } => matches!(request, GoRequest::List),
             PackageRequest::Gem(_) => self.probe_path_and_query() == self.path_and_query(),
         }
     }

@@ -151,6 +151,12 @@ async fn pinned_artifacts_are_never_evicted() {
         Some("miss"),
         "beta was evicted"
     );
+    // Its refill commits just after its body: wait, so the store holds still for the stats.
+    let beta = path("beta");
+    support::eventually("beta is stored again", || {
+        proxy.state.fills.store().keys("").contains(&beta)
+    })
+    .await;
 
     let stats = json_of(&admin(&proxy, "GET", "/pins", Some(TOKEN), None).await);
     assert_eq!(stats["pinned"]["artifacts"], 1);
@@ -159,12 +165,7 @@ async fn pinned_artifacts_are_never_evicted() {
     let store = proxy.state.fills.store().usage();
     assert_eq!(stats["store"]["bytes"], store.bytes);
 
-    // By project and gem: what is stored now (once beta's fill has committed).
-    let beta = path("beta");
-    support::eventually("beta is stored again", || {
-        proxy.state.fills.store().keys("").contains(&beta)
-    })
-    .await;
+    // By project and gem: what is stored now.
     let r = admin(
         &proxy,
         "POST",

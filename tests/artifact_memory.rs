@@ -354,9 +354,14 @@ async fn a_memory_hit_is_authorized_for_its_caller() {
         "GitLab hides the project from non-members"
     );
     assert_eq!(
-        fake.hits(&info),
+        fake.hits(&format!("{PRIVATE_GO}/list")),
         2,
-        "each stranger was asked about at GitLab"
+        "each stranger was asked about at GitLab, with the module's list"
+    );
+    assert_eq!(
+        fake.hits(&info),
+        0,
+        "no stranger's check fetched the artifact"
     );
     proxy.stop().await;
 }
