@@ -9,7 +9,6 @@
 //! pushed version are asked of GitLab every time (coalesced) until one shows it, or until
 //! the push window ends: GitLab processes uploads in the background.
 
-pub mod marshal;
 pub mod shows;
 
 use std::collections::HashMap;

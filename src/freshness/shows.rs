@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use super::marshal::{self, Value};
+use crate::gems::marshal::{self, Value};
 use crate::protocol::rubygems::GemRequest;
 
 /// Largest inflated spec index looked into.
@@ -12,14 +12,14 @@ const MAX_INDEX_BYTES: u64 = 256 * 1024 * 1024;
 /// The `(name, version)` pairs an answer to `request` lists; `None` when it cannot be read.
 pub fn listed(request: &GemRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
     match request {
-        GemRequest::Dependencies(_) => dependencies(&marshal::load(body)?),
+        GemRequest::Dependencies(_) => dependencies(&marshal::load(body).ok()?),
         GemRequest::SpecIndex(_) => {
             let mut inflated = Vec::new();
             flate2::read::GzDecoder::new(body)
                 .take(MAX_INDEX_BYTES)
                 .read_to_end(&mut inflated)
                 .ok()?;
-            spec_index(&marshal::load(&inflated)?)
+            spec_index(&marshal::load(&inflated).ok()?)
         }
         GemRequest::RootFile
         | GemRequest::Root
@@ -45,10 +45,7 @@ fn normalize(version: &str) -> String {
 }
 
 fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::Str(bytes) => String::from_utf8(bytes.clone()).ok(),
-        _ => None,
-    }
+    value.as_text().map(str::to_owned)
 }
 
 /// `[{name:, number:, platform:, dependencies:}, ...]`.
@@ -65,7 +62,7 @@ fn dependencies(value: &Value) -> Option<Vec<(String, String)>> {
             let field = |key: &str| {
                 pairs
                     .iter()
-                    .find(|(k, _)| matches!(k, Value::Sym(s) if s == key))
+                    .find(|(k, _)| matches!(k, Value::Symbol(s) if s == key))
                     .and_then(|(_, v)| text(v))
             };
             Some((field("name")?, field("number")?))
@@ -84,10 +81,12 @@ fn spec_index(value: &Value) -> Option<Vec<(String, String)>> {
             Value::Array(fields) => {
                 let name = text(fields.first()?)?;
                 let version = match fields.get(1)? {
-                    Value::User(class, data) if class == "Gem::Version" => match data.as_ref() {
-                        Value::Array(parts) => text(parts.first()?)?,
-                        _ => return None,
-                    },
+                    Value::UserMarshal { class, data } if class == "Gem::Version" => {
+                        match data.as_ref() {
+                            Value::Array(parts) => text(parts.first()?)?,
+                            _ => return None,
+                        }
+                    }
                     _ => return None,
                 };
                 Some((name, version))
