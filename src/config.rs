@@ -220,6 +220,9 @@ pub struct IntegrityConfig {
     /// Re-ask GitLab in the background for one in this many cache hits of Go `.info` and
     /// `.mod` files (with the caller's credentials), to notice moved tags early; 0: never.
     pub recheck: u32,
+    /// What callers get when a refill of an evicted version brings other content than its
+    /// first copy: `hold` (refused until an operator purges) or `relay` (GitLab's bytes).
+    pub on_change: crate::integrity::OnChange,
 }
 
 /// Logging.
@@ -1046,6 +1049,15 @@ pub struct Overrides {
         value_name = "N"
     )]
     pub integrity_recheck: Option<String>,
+    /// Refills whose content changed since the first copy: hold them back or relay them [default: hold].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_INTEGRITY_ON_CHANGE",
+        value_enum
+    )]
+    pub integrity_on_change: Option<crate::integrity::OnChange>,
 }
 
 impl Overrides {
@@ -1125,6 +1137,14 @@ impl Overrides {
             .to_owned()
         });
         table.push(("offline.access", "offline_access", access));
+        let on_change = self.integrity_on_change.map(|on_change| {
+            match on_change {
+                crate::integrity::OnChange::Hold => "hold",
+                crate::integrity::OnChange::Relay => "relay",
+            }
+            .to_owned()
+        });
+        table.push(("integrity.on_change", "integrity_on_change", on_change));
         table
     }
 }

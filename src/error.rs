@@ -36,6 +36,10 @@ pub enum Error {
     /// GitLab answered something that is not a usable HTTP response.
     #[error("GitLab sent a bad answer: {0}")]
     UpstreamProtocol(String),
+    /// GitLab's content for a version differs from the copy first cached, and is held back
+    /// until an operator decides (`integrity.on_change = "hold"`).
+    #[error("{0}")]
+    IntegrityHold(String),
     /// Something inside the proxy failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -54,6 +58,7 @@ impl Error {
             Error::Route(_)
             | Error::PayloadTooLarge
             | Error::Unconfirmed(_)
+            | Error::IntegrityHold(_)
             | Error::Internal(_) => false,
         }
     }
@@ -64,9 +69,10 @@ impl Error {
             Error::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             Error::Route(RouteError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UpstreamConnect(_) | Error::UpstreamProtocol(_) | Error::UpstreamStatus(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Error::UpstreamConnect(_)
+            | Error::UpstreamProtocol(_)
+            | Error::UpstreamStatus(_)
+            | Error::IntegrityHold(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamDown(_) | Error::Unconfirmed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,6 +99,7 @@ impl Error {
             | Error::UpstreamStatus(_)
             | Error::UpstreamDown(_)
             | Error::Unconfirmed(_)
+            | Error::IntegrityHold(_)
             | Error::UpstreamProtocol(_) => (
                 "text/plain; charset=utf-8",
                 format!("gitlab-pkg-cache: {self}\n"),

@@ -149,7 +149,8 @@ impl AppState {
         )?);
         let store = Store::new(store);
         let integrity = Integrity::new(store.clone(), metrics.clone(), CHUNK_SIZE)
-            .with_recheck(config.integrity.recheck);
+            .with_recheck(config.integrity.recheck)
+            .with_on_change(config.integrity.on_change);
         let artifacts = ArtifactMemory::new(
             config.cache.artifact_memory_max_bytes.as_u64(),
             config.cache.artifact_memory_entry_max_bytes.as_u64(),

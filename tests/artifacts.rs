@@ -233,9 +233,12 @@ async fn broken_fills_store_nothing_and_are_fetched_again() {
     ] {
         fake.reset_hits();
         fake.set_fault(&zip, fault.clone());
-        // The client must see a failed transfer, never a short body that looks complete.
+        // The client must see a failed transfer, never a short body that looks complete. A
+        // refill of a version seen before (every round after the first) is checked whole
+        // before its first byte, so its break is a clean 502 instead of a cut transfer.
         match client::try_request("GET", &url, &[], None).await {
             Err(_) => {}
+            Ok(r) if r.status == 502 && r.text().starts_with("gitlab-pkg-cache: GitLab") => {}
             Ok(r) => panic!(
                 "{fault:?}: a broken fill answered {} with {} bytes",
                 r.status,

@@ -5,7 +5,7 @@
 mod support;
 
 use gitlab_pkg_cache::airgap::gosum;
-use gitlab_pkg_cache::integrity::Change;
+use gitlab_pkg_cache::integrity::{Change, OnChange};
 use gitlab_pkg_cache::storage::EvictionPolicy;
 use support::client;
 use support::fake_gitlab::{FakeGitLab, GemFixture, Visibility};
@@ -94,9 +94,74 @@ async fn metrics(proxy: &TestProxy) -> String {
 }
 
 #[tokio::test]
-async fn a_moved_tag_is_detected_on_refill_and_never_adopted() {
+async fn a_moved_tag_is_held_back_on_refill_until_purged() {
     let fake = gitlab().await;
     let proxy = TestProxy::start(&fake.url()).await;
+    let zip = format!("{GO}/v1.0.0.zip");
+    let first = get(&proxy, &zip).await;
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
+    support::eventually("the first copy is fingerprinted", || {
+        fingerprinted(&proxy, &zip)
+    })
+    .await;
+    fake.move_tag(
+        1,
+        "v1.0.0",
+        MOVED,
+        module_files(MODULE, "package lib\n\nconst Answer = 43\n"),
+    );
+    let moved = client::get(&format!("{}{zip}", fake.url()), &[]).await;
+    evict_everything(&proxy).await;
+
+    // The refill is read whole and compared before any byte leaves: no moved byte reaches
+    // the caller, who is told why (and never a 404, which the go command would skip past).
+    let refill = get(&proxy, &zip).await;
+    assert_eq!(refill.status, 502, "{}", refill.text());
+    assert!(refill.text().contains("held back"), "{}", refill.text());
+    assert!(refill.text().contains("v1.0.0.zip"), "names the version");
+    assert_eq!(refill.header("x-cache"), Some("miss"));
+    let changes = changes_until(&proxy, "the change is listed", |c| c.len() == 1).await;
+    assert_eq!(changes[0].how, "refill");
+    assert_eq!(changes[0].subject.version, "v1.0.0");
+    assert!(!is_stored(&proxy, &zip), "the moved content is not kept");
+
+    // Concurrent callers all get the refusal, and GitLab is asked once for them.
+    let before = fake.hits(&zip);
+    let answers = futures_util::future::join_all((0..8).map(|_| get(&proxy, &zip))).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 502, "{}", answer.text());
+        assert!(answer.text().contains("held back"), "{}", answer.text());
+    }
+    assert!(
+        fake.hits(&zip) - before <= 8,
+        "no retry loop towards GitLab"
+    );
+    support::eventually("the refills are over", || {
+        proxy.state.fills.in_flight() == 0
+    })
+    .await;
+
+    // The operator's purge (what it does to the fingerprint) lets GitLab's content in.
+    assert!(proxy.state.integrity.forget(&zip).await.unwrap());
+    let adopted = get(&proxy, &zip).await;
+    assert_eq!(
+        (adopted.status, adopted.header("x-cache")),
+        (200, Some("miss"))
+    );
+    assert_eq!(adopted.body, moved.body);
+    support::eventually("the new copy is stored", || is_stored(&proxy, &zip)).await;
+    let hit = get(&proxy, &zip).await;
+    assert_eq!(hit.header("x-cache"), Some("hit"));
+    assert_eq!(hit.body, moved.body);
+}
+
+#[tokio::test]
+async fn relayed_moved_tags_are_detected_on_refill_and_never_adopted() {
+    let fake = gitlab().await;
+    let proxy = TestProxy::start_with(&fake.url(), |c| {
+        c.integrity.on_change = OnChange::Relay;
+    })
+    .await;
     let zip = format!("{GO}/v1.0.0.zip");
     let first = get(&proxy, &zip).await;
     assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
@@ -222,7 +287,9 @@ async fn a_re_pushed_gem_is_detected_and_the_tag_move_shows_in_info_and_mod() {
     fake.move_tag(1, "v1.0.0", MOVED, files);
     evict_everything(&proxy).await;
     for path in [&gem, &info, &module] {
-        assert_eq!(get(&proxy, path).await.status, 200);
+        let held = get(&proxy, path).await;
+        assert_eq!(held.status, 502, "{path}: {}", held.text());
+        assert!(held.text().contains("held back"), "{path}: {}", held.text());
     }
     let changes = changes_until(&proxy, "three changes are listed", |c| c.len() == 3).await;
     let kinds: Vec<(&str, &str)> = changes
@@ -280,6 +347,27 @@ async fn a_sampled_recheck_finds_a_moved_tag_while_the_first_copy_is_served() {
         assert_eq!(again.header("x-cache"), Some("hit"), "{path}");
         assert_eq!(&again.body, body, "{path}");
     }
+
+    // The .info whose change was seen is now the only good copy: pinned, it survives an
+    // eviction of everything and is still served. The zip, not rechecked, was evicted; its
+    // refill is compared first and, moved, held back.
+    support::eventually("the changed version is pinned", || {
+        proxy.state.fills.store().kept().contains(&info)
+    })
+    .await;
+    evict_everything(&proxy).await;
+    assert!(is_stored(&proxy, &info));
+    let kept = get(&proxy, &info).await;
+    assert_eq!(
+        (kept.header("x-cache"), &kept.body),
+        (Some("hit"), &first_info.body)
+    );
+    let zip_refill = get(&proxy, &zip).await;
+    assert_eq!(zip_refill.status, 502, "{}", zip_refill.text());
+
+    // Purging lifts that pin with the fingerprint.
+    assert!(proxy.state.integrity.forget(&info).await.unwrap());
+    assert!(!proxy.state.fills.store().kept().contains(&info));
 }
 
 /// The listed changes once `condition` holds for them (bounded wait: they are recorded just

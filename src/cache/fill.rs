@@ -48,6 +48,9 @@ pub enum Progress {
     Done { meta: Arc<ArtifactMeta> },
     /// Broke after it started: upstream cut, integrity mismatch, or store failure.
     Failed,
+    /// Complete, but GitLab's content differs from the version's first copy and is held back
+    /// (see [`crate::integrity::OnChange::Hold`]): the reason, for the callers.
+    Held { reason: Arc<str> },
     /// Never started: GitLab refused the leader, or the store could not begin a fill.
     NotFilled,
 }
@@ -115,6 +118,13 @@ impl Fills {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether changed content found at the end of a fill is held back from its callers.
+    fn holds_changes(&self) -> bool {
+        self.integrity
+            .as_ref()
+            .is_some_and(|integrity| integrity.on_change() == crate::integrity::OnChange::Hold)
     }
 
     /// Becomes the leader of a new fill of `key`, or a waiter on the one in flight.
@@ -245,9 +255,8 @@ impl Leader {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError> + Send,
     {
-        let store = self.fills.store.clone();
-        let fill = match store.begin_fill(&self.key).await {
-            Ok(fill) => fill,
+        let mut task = match self.task(headers, content_length, true).await {
+            Ok(task) => task,
             Err(error) => {
                 return Err(NotStarted {
                     error,
@@ -255,49 +264,94 @@ impl Leader {
                 })
             }
         };
-        let Some(tx) = self.tx.take() else {
-            // `start` consumes the leader, so the sender is always still there.
-            store.abort_fill(fill).await;
-            return Err(NotStarted {
-                error: StoreError::UnknownFill(fill),
-                body: upstream,
-            });
-        };
-        let head = Arc::new(Head {
-            fill,
-            headers,
-            content_length,
-        });
-        tx.send_replace(Progress::Streaming {
-            head: head.clone(),
+        task.tx.send_replace(Progress::Streaming {
+            head: task.head.clone(),
             written: 0,
         });
         let (leader_tx, leader_rx) = mpsc::channel(LEADER_BUFFER);
         let (switch_tx, switch_rx) = oneshot::channel();
         // The leader may fall back on the store only if it can hold the fill's chunks.
-        let fallback = store
-            .pin(fill)
-            .map(|pin| Reader::following(&self.fills, self.key.clone(), fill, tx.subscribe(), pin));
+        let fill = task.head.fill;
+        let fallback = self.fills.store.pin(fill).map(|pin| {
+            Reader::following(
+                &self.fills,
+                task.key.clone(),
+                fill,
+                task.tx.subscribe(),
+                pin,
+            )
+        });
+        task.switch = fallback.is_some().then_some(switch_tx);
+        task.leader = Some(leader_tx);
+        self.fills.spawn(task.run(upstream));
+        Ok(leader_body(leader_rx, switch_rx, fallback))
+    }
+
+    /// Stores GitLab's 200 answer without letting anyone read it before it is complete and
+    /// compared with the version's first copy: for refills of versions seen before, when
+    /// changed content is held back. The returned progress ends `Done` (read it from the
+    /// store), `Held`, or `Failed`.
+    pub async fn start_checked<B>(
+        mut self,
+        headers: Vec<(String, String)>,
+        content_length: Option<u64>,
+        upstream: B,
+    ) -> Result<watch::Receiver<Progress>, NotStarted<B>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        match self.task(headers, content_length, false).await {
+            Ok(task) => {
+                let progress = task.tx.subscribe();
+                self.fills.spawn(task.run(upstream));
+                Ok(progress)
+            }
+            Err(error) => Err(NotStarted {
+                error,
+                body: upstream,
+            }),
+        }
+    }
+
+    /// Begins the fill in the store and hands this leader's progress sender to its task,
+    /// which has no reader relayed to yet.
+    async fn task(
+        &mut self,
+        headers: Vec<(String, String)>,
+        content_length: Option<u64>,
+        publish_chunks: bool,
+    ) -> Result<FillTask, StoreError> {
+        let store = self.fills.store.clone();
+        let fill = store.begin_fill(&self.key).await?;
+        let Some(tx) = self.tx.take() else {
+            // Starting consumes the leader, so the sender is always still there.
+            store.abort_fill(fill).await;
+            return Err(StoreError::UnknownFill(fill));
+        };
         let keep = (self.keep_up_to > 0
             && content_length.is_none_or(|length| length <= self.keep_up_to))
         .then(|| {
             let expected = content_length.unwrap_or(self.keep_up_to);
             BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0))
         });
-        let task = FillTask {
+        Ok(FillTask {
             key: std::mem::take(&mut self.key),
             keep,
             keep_up_to: self.keep_up_to,
-            head,
+            head: Arc::new(Head {
+                fill,
+                headers,
+                content_length,
+            }),
+            publish_chunks,
             tx,
             fills: self.fills.clone(),
             storing: true,
-            switch: fallback.is_some().then_some(switch_tx),
-            leader: Some(leader_tx),
+            switch: None,
+            leader: None,
             leader_sent: 0,
-        };
-        self.fills.spawn(task.run(upstream));
-        Ok(leader_body(leader_rx, switch_rx, fallback))
+        })
     }
 }
 
@@ -372,6 +426,9 @@ fn leader_body(
 struct FillTask {
     key: String,
     head: Arc<Head>,
+    /// Whether waiters may follow the chunks as they are written; false for a checked fill,
+    /// whose bytes become readable only once compared with the first copy.
+    publish_chunks: bool,
     tx: watch::Sender<Progress>,
     fills: Fills,
     /// False once the store failed: the leader alone is served from then on.
@@ -424,10 +481,12 @@ impl FillTask {
                                 break;
                             }
                             written += 1;
-                            self.tx.send_replace(Progress::Streaming {
-                                head: self.head.clone(),
-                                written,
-                            });
+                            if self.publish_chunks {
+                                self.tx.send_replace(Progress::Streaming {
+                                    head: self.head.clone(),
+                                    written,
+                                });
+                            }
                         }
                     }
                     if !self.storing && self.leader.is_none() {
@@ -469,6 +528,27 @@ impl FillTask {
             Some(integrity) => integrity.check_fill(&self.key, fill, len, sha256).await,
             None => Verdict::Unknown,
         };
+        if verdict == Verdict::Changed && self.fills.holds_changes() {
+            // GitLab now answers other content than the first copy had: nobody gets it until
+            // an operator decides (a streamed fill's readers are cut short).
+            store.abort_fill(fill).await;
+            let reason = format!(
+                "GitLab now serves other content for {} than the copy this proxy first cached; \
+                 it is held back until an operator purges this version \
+                 (gitlab-pkg-cache admin integrity lists the change)",
+                self.key
+            );
+            self.fills.finish(
+                &self.key,
+                &self.tx,
+                Progress::Held {
+                    reason: reason.into(),
+                },
+            );
+            self.send_to_leader(Err("GitLab's content changed; held back".into()))
+                .await;
+            return;
+        }
         if verdict == Verdict::Changed {
             // GitLab now answers other content than the first copy had: this fill's readers
             // get it (it is GitLab's answer), but it is not kept; the first copy stays pinned.

@@ -214,7 +214,7 @@ impl Reader {
                                 return Err("artifact fill ended without finishing".into());
                             }
                         }
-                        Progress::Failed | Progress::NotFilled => {
+                        Progress::Failed | Progress::NotFilled | Progress::Held { .. } => {
                             return Err("artifact fill broke; response aborted".into());
                         }
                     }

@@ -279,7 +279,7 @@ impl Catalogs {
                     let now = progress.borrow_and_update().clone();
                     match now {
                         Progress::Done { meta } => return Ok(Some((*meta).clone())),
-                        Progress::Failed | Progress::NotFilled => break,
+                        Progress::Failed | Progress::NotFilled | Progress::Held { .. } => break,
                         Progress::Starting | Progress::Streaming { .. } => {}
                     }
                     if progress.changed().await.is_err() {

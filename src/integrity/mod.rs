@@ -5,6 +5,10 @@
 //! The first copy's fingerprint (SHA-256, and for Go the `h1:` that go.sum holds) is a store
 //! record that outlives eviction, so a refill of an evicted artifact is checked too. Only an
 //! operator's purge forgets it; the next fill then becomes the first copy.
+//!
+//! When a change is seen while the first copy is still stored, that copy is pinned (kept from
+//! eviction: it is the only good copy left) and keeps being served. A refill of an evicted
+//! version is checked before any byte of it leaves (see [`OnChange`]).
 
 pub mod fill_reader;
 pub mod verify;
@@ -151,6 +155,19 @@ pub struct Change {
     pub times: u64,
 }
 
+/// What clients get when GitLab's content for an evicted version differs from its first copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// Refills of versions seen before are checked before any byte is sent; a different
+    /// content is refused (502, naming the change) until an operator purges the version.
+    #[default]
+    Hold,
+    /// GitLab's new content is streamed to the caller as it arrives (never stored); the
+    /// change is still detected, logged and listed.
+    Relay,
+}
+
 /// What to do with a fill that is complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -177,6 +194,7 @@ pub struct Integrity {
     recheck_every: u32,
     recheck_count: Arc<AtomicU64>,
     verifier: verify::Verifier,
+    on_change: OnChange,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -201,6 +219,33 @@ impl Integrity {
             recheck_every: 0,
             recheck_count: Arc::default(),
             verifier: verify::Verifier::default(),
+            on_change: OnChange::default(),
+        }
+    }
+
+    /// What a refill whose content changed gives its callers.
+    pub fn with_on_change(mut self, on_change: OnChange) -> Integrity {
+        self.on_change = on_change;
+        self
+    }
+
+    pub fn on_change(&self) -> OnChange {
+        self.on_change
+    }
+
+    /// Whether a refill of `key` must be checked whole before its first byte is sent: a
+    /// first copy was recorded and changed content is held back.
+    pub async fn holds_refill_of(&self, key: &str) -> bool {
+        if self.on_change != OnChange::Hold || Subject::of_key(key).is_none() {
+            return false;
+        }
+        match self.pinned(key).await {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                // An unreadable record must not let changed bytes out unchecked.
+                tracing::warn!(%key, error = %e, "integrity record unreadable; checking the refill first");
+                true
+            }
         }
     }
 
@@ -331,17 +376,22 @@ impl Integrity {
     }
 
     /// Forgets the first copy of `key` and its listed changes (an operator's purge): the next
-    /// fill becomes the first copy. True if anything was forgotten.
+    /// fill becomes the first copy, and the pin a listed change put on it is lifted. True if
+    /// anything was forgotten.
     pub async fn forget(&self, key: &str) -> Result<bool, StoreError> {
         let had_pin = self.store.remove_record(PINNED, key.as_bytes()).await?;
         let _guard = self.changes_lock.lock().await;
         let mut changes = self.changes().await?;
         let before = changes.len();
         changes.retain(|c| c.key != key);
-        if changes.len() != before {
+        let had_change = changes.len() != before;
+        if had_change {
             self.save_changes(&changes).await?;
+            // The change had pinned the first copy (see `keep_first_copy`); the operator
+            // has now decided about it.
+            self.store.set_kept(key, false).await?;
         }
-        Ok(had_pin || changes.len() != before)
+        Ok(had_pin || had_change)
     }
 
     /// Keys whose first copy has a fingerprint (stored or evicted since).
@@ -458,6 +508,24 @@ impl Integrity {
         .await;
         if let Err(e) = result {
             tracing::warn!(%key, error = %e, "could not record an integrity change");
+        }
+        drop(_guard);
+        self.keep_first_copy(key).await;
+    }
+
+    /// Pins the first copy of `key` if it is still stored: once GitLab serves other content,
+    /// it is the only good copy left, so eviction must not take it.
+    async fn keep_first_copy(&self, key: &str) {
+        if !matches!(self.store.lookup(key).await, Ok(Some(_))) {
+            return;
+        }
+        match self.store.set_kept(key, true).await {
+            Ok(true) => tracing::warn!(
+                %key,
+                "first copy pinned after an integrity change; `gitlab-pkg-cache admin purge` lets GitLab's content in"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%key, error = %e, "could not pin the first copy"),
         }
     }
 

@@ -283,6 +283,15 @@ pub(super) async fn lead(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if state.integrity.holds_refill_of(&key).await {
+        // A version seen before: its bytes leave only once they match the first copy.
+        return match leader.start_checked(kept.clone(), length, incoming).await {
+            Ok(progress) => checked(state, &key, &kept, progress, took).await,
+            Err(NotStarted { error, .. }) => Err(Error::Internal(format!(
+                "the store cannot take the refill to compare it with its first copy: {error}"
+            ))),
+        };
+    }
     match leader.start(kept.clone(), length, incoming).await {
         Ok(body) => Ok(artifact_response(
             &kept,
@@ -300,6 +309,44 @@ pub(super) async fn lead(
                 Some(took),
             ))
         }
+    }
+}
+
+/// The answer to a checked refill once it is settled: the stored copy, or why not.
+async fn checked(
+    state: &AppState,
+    key: &str,
+    headers: &[(String, String)],
+    mut progress: watch::Receiver<Progress>,
+    took: Duration,
+) -> Result<Handled, Error> {
+    let settled = loop {
+        let now = progress.borrow_and_update().clone();
+        if !matches!(now, Progress::Starting | Progress::Streaming { .. }) {
+            break now;
+        }
+        if progress.changed().await.is_err() {
+            break progress.borrow().clone();
+        }
+    };
+    match settled {
+        Progress::Done { meta } => {
+            let Some(pin) = state.fills.store().pin(meta.fill) else {
+                return Err(Error::Internal(format!("{key} left the store at once")));
+            };
+            let reader = Reader::committed(&state.fills, key.to_owned(), &meta, pin);
+            Ok(artifact_response(
+                headers,
+                Some(meta.len),
+                reader.into_body(),
+                CacheOutcome::Miss,
+                Some(took),
+            ))
+        }
+        Progress::Held { reason } => Err(Error::IntegrityHold(reason.to_string())),
+        _ => Err(Error::UpstreamProtocol(
+            "GitLab's answer broke before it could be checked".to_owned(),
+        )),
     }
 }
 
@@ -329,6 +376,12 @@ pub(super) async fn wait(
     let (fill, length, stored_headers) = match &state_now {
         Progress::Streaming { head, .. } => (head.fill, head.content_length, head.headers.clone()),
         Progress::Done { meta } => (meta.fill, Some(meta.len), meta.headers.clone()),
+        Progress::Held { reason } => {
+            return match authorize(state, route, decision, headers, false).await? {
+                Authorized::Yes(_) => Err(Error::IntegrityHold(reason.to_string())),
+                Authorized::No(refusal) => Ok(Some(refusal)),
+            };
+        }
         Progress::Starting | Progress::Failed | Progress::NotFilled => return Ok(None),
     };
     let took = match authorize(state, route, decision, headers, false).await? {
