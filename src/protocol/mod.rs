@@ -1,7 +1,6 @@
 //! Package-protocol vocabulary: validated names for the Go and RubyGems APIs.
 
 pub mod goproxy;
-pub mod pushed_gem;
 pub mod rubygems;
 
 /// Why a name from a request path was rejected.

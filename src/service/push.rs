@@ -1,7 +1,8 @@
 //! What a `gem push` through the proxy changes: the pushed bytes are copied to a temporary
 //! file on their way to GitLab; once GitLab accepted them, the gem's name and version are read
 //! from that copy, its project's RubyGems answers await the version, and the copy becomes the
-//! stored `.gem`, so the first download after a push costs GitLab no transfer.
+//! stored `.gem`, so the first download after a push costs GitLab no transfer. The gem is read
+//! with [`crate::gems::gem_file`], which stops at `metadata.gz`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::body::{self, Body, BoxError};
 use crate::cache::fill::{Joined, NotStarted};
-use crate::protocol::pushed_gem::{self, PushedGem};
+use crate::gems::gem_file;
+use crate::protocol::rubygems::GemName;
 use crate::route::PackageRoute;
 use crate::state::AppState;
 
@@ -152,20 +154,20 @@ pub(super) async fn accepted(state: &AppState, route: &PackageRoute, copy: Optio
     let read = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&path)
-                .map_err(pushed_gem::PushedGemError::from)
-                .and_then(|file| pushed_gem::read(std::io::BufReader::new(file)))
+            let file = std::fs::File::open(&path).map_err(gem_file::GemFileError::from)?;
+            gem_file::read_spec(std::io::BufReader::new(file))
         })
         .await
     };
     let gem = match read {
-        Ok(Ok(gem)) => gem,
-        Ok(Err(e)) => {
+        Ok(Ok(spec)) => PushedGem::from_spec(&spec),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("reading the copy stopped: {e}")),
+    };
+    let gem = match gem {
+        Ok(gem) => gem,
+        Err(e) => {
             tracing::info!(error = %e, "GitLab accepted an upload the proxy cannot read as a gem");
-            remove(&path).await;
-            return;
-        }
-        Err(_) => {
             remove(&path).await;
             return;
         }
@@ -179,6 +181,41 @@ pub(super) async fn accepted(state: &AppState, route: &PackageRoute, copy: Optio
     keep(state, route, &gem, path).await;
     // The compact index and the indexes written from it are rebuilt with the pushed version.
     state.catalogs.invalidate(project).await;
+}
+
+/// Who a pushed gem says it is, checked for use in storage keys and version matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PushedGem {
+    name: GemName,
+    /// As written in the gem (`Gem::Version#to_s`).
+    version: String,
+}
+
+impl PushedGem {
+    /// The name and version of a specification read from the gem's `metadata.gz`; an error
+    /// (said for the log) when either could not name a stored file.
+    fn from_spec(spec: &gem_file::GemSpec) -> Result<PushedGem, String> {
+        let name = GemName::parse(&spec.name).map_err(|e| e.to_string())?;
+        let version = spec.version.trim();
+        let plausible = !version.is_empty()
+            && version.len() <= 128
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !plausible {
+            return Err("the gem's version is not valid".to_owned());
+        }
+        Ok(PushedGem {
+            name,
+            version: version.to_owned(),
+        })
+    }
+
+    /// The file name GitLab stores it under: `<name>-<version>.gem`, never with a platform
+    /// (reference §3.2).
+    fn file_name(&self) -> String {
+        format!("{}-{}.gem", self.name.as_str(), self.version)
+    }
 }
 
 /// Stores the copy as the `.gem` GitLab will serve for this name and version.
@@ -265,6 +302,44 @@ async fn remove(path: &Path) {
     if let Err(e) = tokio::fs::remove_file(path).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(error = %e, path = %path.display(), "removing an upload copy failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, version: &str, platform: &str) -> gem_file::GemSpec {
+        gem_file::GemSpec {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            platform: platform.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pushed_gem_is_stored_under_name_and_version_only() {
+        let gem = PushedGem::from_spec(&spec("acme-util", "1.2.0", "ruby")).unwrap();
+        assert_eq!(gem.file_name(), "acme-util-1.2.0.gem");
+        let native = PushedGem::from_spec(&spec("acme-util", "1.2.0", "x86_64-linux")).unwrap();
+        assert_eq!(native.file_name(), "acme-util-1.2.0.gem");
+    }
+
+    #[test]
+    fn names_and_versions_that_cannot_name_a_file_are_refused() {
+        for (name, version) in [
+            ("acme", "../../x"),
+            ("acme", ""),
+            ("acme", "1.0 beta"),
+            ("../acme", "1.0.0"),
+            ("", "1.0.0"),
+        ] {
+            assert!(
+                PushedGem::from_spec(&spec(name, version, "ruby")).is_err(),
+                "{name:?} {version:?}"
+            );
         }
     }
 }
