@@ -136,26 +136,25 @@ fn mentions(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
-#[tokio::test]
-async fn a_revoked_token_is_refused_within_the_auth_ttl() {
+/// A token revoked in GitLab: `artifact` (stored, probed at `probe`) is refused within
+/// `auth_ttl`, `header` carrying the token.
+async fn revoked_is_refused_within_the_auth_ttl(artifact: &str, probe: &str, header: &str) {
     let fake = gitlab().await;
     let proxy = TestProxy::start(&fake.url()).await;
     let ttl = proxy.state.config.cache.auth_ttl;
     let window = proxy.state.config.cache.auth_refresh_window;
     assert_eq!(ttl, Duration::from_secs(30), "the default bound");
-    let module = format!("{GO}/v1.0.0.mod");
-    let list = format!("{GO}/list");
-    let reader = [("private-token", READER)];
-    warm(&proxy, &module, &reader).await;
-    let probes = fake.hits(&list);
+    let reader = [(header, READER)];
+    warm(&proxy, artifact, &reader).await;
+    let probes = fake.hits(probe);
 
     // A caller in steady use: revoked in GitLab, its decision is re-confirmed in the
     // background the first time it is used late in its life, and then it is refused.
     fake.set_token_state(READER, TokenState::Revoked);
     let_time_pass(ttl - window + Duration::from_secs(1)).await;
-    let served = get(&proxy, &module, &reader).await;
+    let served = get(&proxy, artifact, &reader).await;
     assert_eq!((served.status, outcome(&served)), (200, "hit"));
-    let refused = ask_until(&proxy, &module, &reader, |_| {}, |r| r.status != 200).await;
+    let refused = ask_until(&proxy, artifact, &reader, |_| {}, |r| r.status != 200).await;
     assert_eq!(
         refused.status,
         401,
@@ -163,45 +162,65 @@ async fn a_revoked_token_is_refused_within_the_auth_ttl() {
         refused.text()
     );
     assert_eq!(outcome(&refused), "refused");
-    assert!(fake.hits(&list) > probes, "the probe was the module's list");
+    assert!(fake.hits(probe) > probes, "the probe was {probe}");
     assert_eq!(
-        fake.hits(&module),
+        fake.hits(artifact),
         1,
         "no artifact was fetched to check the caller"
     );
 
     // A caller not seen since: its decision simply runs out.
-    let second = [("private-token", SECOND)];
-    assert_eq!(get(&proxy, &module, &second).await.status, 200);
+    let second = [(header, SECOND)];
+    assert_eq!(get(&proxy, artifact, &second).await.status, 200);
     fake.set_token_state(SECOND, TokenState::Revoked);
     let_time_pass(ttl).await;
-    let refused = get(&proxy, &module, &second).await;
+    let refused = get(&proxy, artifact, &second).await;
     assert_eq!((refused.status, outcome(&refused)), (401, "refused"));
-    assert_eq!(fake.hits(&module), 1);
+    assert_eq!(fake.hits(artifact), 1);
 }
 
 #[tokio::test]
-async fn an_active_token_never_waits_on_a_probe() {
+async fn a_revoked_token_is_refused_within_the_auth_ttl() {
+    revoked_is_refused_within_the_auth_ttl(
+        &format!("{GO}/v1.0.0.mod"),
+        &format!("{GO}/list"),
+        "private-token",
+    )
+    .await;
+}
+
+/// The same for a stored `.gem`, whose probe is the dependency endpoint without `gems`.
+#[tokio::test]
+async fn a_revoked_token_reading_gems_is_refused_within_the_auth_ttl() {
+    revoked_is_refused_within_the_auth_ttl(
+        &format!("{GEMS}/gems/acme-1.0.0.gem"),
+        &format!("{GEMS}/api/v1/dependencies"),
+        "authorization",
+    )
+    .await;
+}
+
+/// A caller in steady use of `module` (stored, probed at `list`, token in `header`) is
+/// served from the store while its decision is re-confirmed in the background.
+async fn active_never_waits_on_a_probe(module: &str, list: &str, header: &str) {
     let fake = gitlab().await;
     let proxy = TestProxy::start(&fake.url()).await;
     let ttl = proxy.state.config.cache.auth_ttl;
     let window = proxy.state.config.cache.auth_refresh_window;
-    let module = format!("{GO}/v1.0.0.mod");
-    let list = format!("{GO}/list");
-    let reader = [("private-token", READER)];
-    warm(&proxy, &module, &reader).await;
-    let probes = fake.hits(&list);
+    let reader = [(header, READER)];
+    warm(&proxy, module, &reader).await;
+    let probes = fake.hits(list);
 
     // GitLab holds every probe until the test lets it go.
     let gate = Arc::new(Semaphore::new(0));
-    fake.set_fault(&list, Fault::Hold(gate.clone()));
+    fake.set_fault(list, Fault::Hold(gate.clone()));
     let_time_pass(ttl - window + Duration::from_secs(1)).await;
     for _ in 0..20 {
-        let served = get(&proxy, &module, &reader).await;
+        let served = get(&proxy, module, &reader).await;
         assert_eq!((served.status, outcome(&served)), (200, "hit"));
     }
     eventually("the re-confirmation reached GitLab", || {
-        fake.hits(&list) == probes + 1
+        fake.hits(list) == probes + 1
     })
     .await;
     assert_eq!(
@@ -209,7 +228,7 @@ async fn an_active_token_never_waits_on_a_probe() {
         0,
         "the probe is still held: nobody waited for it"
     );
-    assert_eq!(fake.hits(&list), probes + 1, "one probe for twenty uses");
+    assert_eq!(fake.hits(list), probes + 1, "one probe for twenty uses");
     gate.add_permits(1);
     fake.clear_faults();
     eventually("the decision was renewed", || {
@@ -220,10 +239,31 @@ async fn an_active_token_never_waits_on_a_probe() {
 
     // Past the first decision's life, the renewed one still serves without a probe.
     let_time_pass(window + Duration::from_secs(1)).await;
-    let served = get(&proxy, &module, &reader).await;
+    let served = get(&proxy, module, &reader).await;
     assert_eq!((served.status, outcome(&served)), (200, "hit"));
-    assert_eq!(fake.hits(&list), probes + 1);
-    assert_eq!(fake.hits(&module), 1);
+    assert_eq!(fake.hits(list), probes + 1);
+    assert_eq!(fake.hits(module), 1);
+}
+
+#[tokio::test]
+async fn an_active_token_never_waits_on_a_probe() {
+    active_never_waits_on_a_probe(
+        &format!("{GO}/v1.0.0.mod"),
+        &format!("{GO}/list"),
+        "private-token",
+    )
+    .await;
+}
+
+/// The same for a stored `.gem`.
+#[tokio::test]
+async fn an_active_token_reading_gems_never_waits_on_a_probe() {
+    active_never_waits_on_a_probe(
+        &format!("{GEMS}/gems/acme-1.0.0.gem"),
+        &format!("{GEMS}/api/v1/dependencies"),
+        "authorization",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -258,6 +298,30 @@ async fn refused_and_unknown_callers_cost_no_artifact_transfer() {
             "{path}: only the test's own direct requests reached GitLab"
         );
     }
+
+    // The same for a stored gem (RubyGems reads the token from `Authorization`).
+    let gem = format!("{GEMS}/gems/acme-1.0.0.gem");
+    warm(&proxy, &gem, &[("authorization", READER)]).await;
+    let before = fake.hits(&gem);
+    let callers: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("authorization", STRANGER)],
+        &[("authorization", "glpat-unknown")],
+        &[("authorization", SECOND)],
+    ];
+    for caller in callers {
+        let direct = client::get(&format!("{}{gem}", fake.url()), caller).await;
+        let proxied = get(&proxy, &gem, caller).await;
+        assert_eq!(proxied.status, direct.status, "{caller:?}");
+        if proxied.status == 200 {
+            assert_eq!(proxied.body, direct.body);
+        }
+    }
+    assert_eq!(
+        fake.hits(&gem) - before,
+        callers.len() as u64,
+        "only the test's own direct requests reached GitLab"
+    );
 }
 
 #[tokio::test]
