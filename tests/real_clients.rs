@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use gitlab_pkg_cache::config::Config;
 use support::access_log::{Access, AccessLog};
 use support::commands::{self, Finished, TIMEOUT};
 use support::fake_gitlab::{
@@ -39,10 +40,20 @@ const MIXED: &str = "gitlab.example.com/group/MixedCase";
 /// MixedCase (public).
 const GO_PROJECTS: [u64; 3] = [10, 11, 12];
 const GO_READER: &str = "glpat-go-reader";
+/// Reads the same projects; the proxy sees it only once everything is stored.
+const GO_COLLEAGUE: &str = "glpat-go-colleague";
+/// Valid in GitLab, member of none of these projects.
+const GO_STRANGER: &str = "glpat-go-stranger";
+/// A token GitLab does not know.
+const UNKNOWN_TOKEN: &str = "glpat-nobody-knows-me";
 
 const GEM_PROJECT: u64 = 20;
 const GEM_READER: &str = "glpat-gem-reader";
 const GEM_WRITER: &str = "glpat-gem-writer";
+/// Reads the gem project; the proxy sees it only once everything is stored.
+const GEM_COLLEAGUE: &str = "glpat-gem-colleague";
+/// Valid in GitLab, member of no project here.
+const GEM_STRANGER: &str = "glpat-gem-stranger";
 
 /// The fake GitLab, a recorder between it and the proxy listing what went upstream, the
 /// proxy, and the proxy's access log listing what the clients asked.
@@ -57,6 +68,15 @@ struct Stack {
 impl Stack {
     /// `tls`: serve the proxy over HTTPS with that CA's server certificate.
     async fn start(fake: FakeGitLab, tls: Option<&TestCa>) -> Stack {
+        Stack::start_with(fake, tls, |_| {}).await
+    }
+
+    /// Like [`Stack::start`], with `adjust` applied to the configuration last.
+    async fn start_with(
+        fake: FakeGitLab,
+        tls: Option<&TestCa>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Stack {
         let (clients, capture) = AccessLog::capture();
         let recorder = Recorder::start(&fake.url()).await;
         let proxy = TestProxy::start_with(&recorder.url(), |config| {
@@ -69,6 +89,7 @@ impl Stack {
                 config.tls.cert_file = Some(ca.cert_file.clone());
                 config.tls.key_file = Some(ca.key_file.clone());
             }
+            adjust(config);
         })
         .await;
         Stack {
@@ -146,8 +167,24 @@ fn is_artifact(path: &str) -> bool {
 }
 
 /// Asserts that the second run got every artifact from the proxy's store: GitLab saw no
-/// request for any of them, and the proxy answered each from its store.
+/// request for any of them, and the proxy answered each from its store without asking
+/// GitLab anything.
 fn assert_artifacts_from_store(fake: &FakeGitLab, first: &Run, second: &Run) {
+    assert_artifacts_from_store_for(fake, first, second, Caller::Known);
+}
+
+/// Whether the proxy has seen a run's caller before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Its decisions are cached: a hit asks GitLab nothing.
+    Known,
+    /// Its first request of a project waits for an authorization probe, which is never an
+    /// artifact.
+    New,
+}
+
+/// [`assert_artifacts_from_store`], for a caller that may be new to the proxy.
+fn assert_artifacts_from_store_for(fake: &FakeGitLab, first: &Run, second: &Run, caller: Caller) {
     let artifacts = first.artifacts_served();
     assert!(!artifacts.is_empty(), "the first run fetched no artifact");
     for path in &artifacts {
@@ -164,10 +201,13 @@ fn assert_artifacts_from_store(fake: &FakeGitLab, first: &Run, second: &Run) {
         .filter(|a| artifacts.contains(&a.path))
     {
         assert_eq!(
-            (access.status, access.cache.as_str(), access.upstream),
-            (200, "hit", false),
+            (access.status, access.cache.as_str()),
+            (200, "hit"),
             "second run: {access}"
         );
+        if caller == Caller::Known {
+            assert!(!access.upstream, "second run: {access}");
+        }
     }
     let fetched: Vec<&Exchange> = second
         .upstream
@@ -178,6 +218,57 @@ fn assert_artifacts_from_store(fake: &FakeGitLab, first: &Run, second: &Run) {
         fetched.is_empty(),
         "second run fetched artifacts from GitLab: {fetched:?}"
     );
+}
+
+/// Asserts that a run by a caller GitLab refuses cost GitLab no stored artifact: the
+/// clients asked for some of `stored`, each was refused by the proxy (after a probe that is
+/// never an artifact) or, in a project the caller may read, served from the store, and
+/// none of them reached GitLab.
+fn assert_refused_without_artifact_fetches(stored: &BTreeSet<String>, run: &Run, label: &str) {
+    let asked: Vec<&Exchange> = run
+        .upstream
+        .iter()
+        .filter(|e| stored.contains(e.path_and_query.as_str()))
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "{label}: stored artifacts were asked of GitLab: {asked:?}\n{}",
+        run.summary(label)
+    );
+    let mut refused = 0;
+    for access in run.clients.iter().filter(|a| stored.contains(&a.path)) {
+        match (access.status, access.cache.as_str()) {
+            (400.., "refused") => refused += 1,
+            (200, "hit") => {}
+            _ => panic!("{label}: {access}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "{label}: no stored artifact was refused\n{}",
+        run.summary(label)
+    );
+}
+
+/// An `Authorization: Basic` value, as gem and bundler send for `user:password@` URLs.
+fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// Runs a client command that is expected to fail, off the runtime thread.
+async fn run_failing(mut command: Command) -> Finished {
+    let finished =
+        tokio::task::spawn_blocking(move || commands::run_unchecked(&mut command, TIMEOUT))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    assert!(
+        !finished.success(),
+        "expected a failure\n{}",
+        finished.report
+    );
+    finished
 }
 
 /// Runs a blocking client command off the runtime thread (the proxy runs on that thread),
@@ -268,6 +359,22 @@ async fn go_gitlab(private: bool) -> FakeGitLab {
             },
             TokenState::Active,
             &[(10, Role::Reporter), (11, Role::Reporter)],
+        )
+        .token(
+            GO_COLLEAGUE,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(10, Role::Reporter), (11, Role::Reporter)],
+        )
+        .token(
+            GO_STRANGER,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(99, Role::Reporter)],
         )
         .start()
         .await
@@ -445,6 +552,43 @@ async fn go_mod_download_and_build_through_the_proxy_over_https() {
             (401, expected),
             "{access}"
         );
+    }
+    assert_refused_without_artifact_fetches(&stored, &anonymous_wire, "go without credentials");
+
+    // A warm office: a colleague whose token the proxy has never seen gets every stored
+    // artifact from the store (authorizing it asked GitLab for lists only); a token GitLab
+    // does not know and one without access are refused, and finding that out cost GitLab
+    // no stored artifact either.
+    let colleague_netrc = format!("machine 127.0.0.1 login __token__ password {GO_COLLEAGUE}\n");
+    let colleague = go_run(
+        &dir.path().join("colleague"),
+        &goproxy(&proxy),
+        &ca.ca_file,
+        Some(&colleague_netrc),
+    )
+    .await;
+    let colleague_wire = stack.end_run("go, a colleague the proxy has not seen yet");
+    assert_eq!(colleague.go_sum, direct.go_sum);
+    assert_artifacts_from_store_for(&stack.fake, &first_wire, &colleague_wire, Caller::New);
+    for (label, token) in [
+        ("go with an unknown token", UNKNOWN_TOKEN),
+        ("go with a token without access", GO_STRANGER),
+    ] {
+        let root = dir.path().join(token);
+        write(
+            &mkdir(root.join("home")).join(".netrc"),
+            format!("machine 127.0.0.1 login __token__ password {token}\n"),
+        );
+        write_consumer(&mkdir(root.join("app")));
+        run_failing(go(
+            &root,
+            &goproxy(&proxy),
+            &ca.ca_file,
+            &["mod", "download"],
+        ))
+        .await;
+        let wire = stack.end_run(label);
+        assert_refused_without_artifact_fetches(&stored, &wire, label);
     }
 
     // go.sum: the same hashes as the direct run, every time.
@@ -687,6 +831,22 @@ async fn gem_gitlab_in(
             },
             TokenState::Active,
             &[(GEM_PROJECT, Role::Developer)],
+        )
+        .token(
+            GEM_COLLEAGUE,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(GEM_PROJECT, Role::Reporter)],
+        )
+        .token(
+            GEM_STRANGER,
+            TokenKind::Personal {
+                scopes: vec!["api"],
+            },
+            TokenState::Active,
+            &[(99, Role::Developer)],
         );
     for gem in gems {
         builder = builder.gem(GEM_PROJECT, gem);
@@ -743,6 +903,8 @@ enum GemCredentials {
     ConfigBareToken,
     /// `https://__token__:<token>@host/...` as the Gemfile's source.
     UrlUserinfo,
+    /// `bundle config set --global <source> __token__:<token>` with another token.
+    ConfigOtherToken(&'static str),
     Anonymous,
 }
 
@@ -783,6 +945,20 @@ async fn bundle_commands(
                 "bundle",
                 root,
                 &["config", "set", "--global", source, &value],
+            ))
+            .await;
+        }
+        GemCredentials::ConfigOtherToken(token) => {
+            run(ruby_tool(
+                "bundle",
+                root,
+                &[
+                    "config",
+                    "set",
+                    "--global",
+                    source,
+                    &format!("__token__:{token}"),
+                ],
             ))
             .await;
         }
@@ -1004,7 +1180,7 @@ async fn bundle_on_gitlab_19_1_through_the_proxy() {
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     let gems = build_gems_with_tool(&mkdir(dir.path().join("gems")));
-    let (_stack, _, first_wire, _) = bundle_twice(
+    let (stack, first, first_wire, _) = bundle_twice(
         "bundler, GitLab 19.1, private project",
         gem_gitlab(gems).await,
         &TOOL_GEMFILE,
@@ -1016,6 +1192,48 @@ async fn bundle_on_gitlab_19_1_through_the_proxy() {
     )
     .await;
     assert_eq!(downloaded_gems(&first_wire), names(&ALL_RUNTIME));
+
+    // A warm office: a colleague the proxy has not seen installs from the store; an unknown
+    // token and one without access are refused (at the index, before any artifact), and
+    // GitLab sent no stored artifact for any of them.
+    let source = rubygems_url(&stack.proxy.url());
+    let colleague = bundle_run(
+        &dir.path().join("colleague"),
+        &source,
+        &TOOL_GEMFILE,
+        GemCredentials::ConfigOtherToken(GEM_COLLEAGUE),
+    )
+    .await;
+    assert_eq!(colleague.lockfile, first.lockfile);
+    let colleague_wire = stack.end_run("bundler, a colleague the proxy has not seen yet");
+    assert_artifacts_from_store_for(&stack.fake, &first_wire, &colleague_wire, Caller::New);
+    let stored = first_wire.artifacts_served();
+    for (label, token) in [
+        ("bundler with an unknown token", UNKNOWN_TOKEN),
+        ("bundler with a token without access", GEM_STRANGER),
+    ] {
+        let refused = bundle_commands(
+            &dir.path().join(token),
+            &source,
+            &TOOL_GEMFILE,
+            GemCredentials::ConfigOtherToken(token),
+            false,
+        )
+        .await;
+        refused.expect_err("bundler with a refused token fails");
+        let wire = stack.end_run(label);
+        let fetched: Vec<&Exchange> = wire
+            .upstream
+            .iter()
+            .filter(|e| stored.contains(e.path_and_query.as_str()))
+            .collect();
+        assert!(fetched.is_empty(), "{label}: {fetched:?}");
+        assert!(
+            wire.clients.iter().any(|a| a.cache == "refused"),
+            "{}",
+            wire.summary(label)
+        );
+    }
 }
 
 struct GemInstallRun {
@@ -1111,6 +1329,59 @@ async fn gem_install_and_push_through_the_proxy() {
         );
     }
     assert_artifacts_from_store(&stack.fake, &first_wire, &second_wire);
+
+    // A warm office: a colleague the proxy has not seen installs from the store; an unknown
+    // token and one without access are refused without GitLab sending any stored artifact.
+    let source_for = |token: &str| {
+        format!(
+            "{}/",
+            rubygems_url(&format!("http://__token__:{token}@{}", authority(&proxy)))
+        )
+    };
+    let colleague =
+        gem_install_run(&dir.path().join("colleague"), &source_for(GEM_COLLEAGUE)).await;
+    assert_eq!(colleague.installed, first.installed);
+    let colleague_wire = stack.end_run("gem install, a colleague the proxy has not seen yet");
+    assert_artifacts_from_store_for(&stack.fake, &first_wire, &colleague_wire, Caller::New);
+    let stored = first_wire.artifacts_served();
+    for (label, token) in [
+        ("gem install with an unknown token", UNKNOWN_TOKEN),
+        ("gem install with a token without access", GEM_STRANGER),
+    ] {
+        let root = dir.path().join(token);
+        fresh_ruby_world(&root);
+        let source = source_for(token);
+        run_failing(ruby_tool(
+            "gem",
+            &root,
+            &[
+                "install",
+                "gpc_web",
+                "--clear-sources",
+                "--source",
+                &source,
+                "--no-document",
+            ],
+        ))
+        .await;
+        // gem stops at the refused index, before any artifact: ask for each stored one as
+        // gem would (Basic credentials from the source URL) had it known their names.
+        let credentials = basic_auth("__token__", token);
+        for path in &stored {
+            let response = support::client::get(
+                &format!("{proxy}{path}"),
+                &[("authorization", credentials.as_str())],
+            )
+            .await;
+            assert!(
+                response.status >= 400,
+                "{label}: {path} {}",
+                response.status
+            );
+        }
+        let wire = stack.end_run(label);
+        assert_refused_without_artifact_fetches(&stored, &wire, label);
+    }
 
     // gem push, twice: first with ~/.gem/credentials holding the key under the --host URL
     // (the default `:rubygems_api_key:` is a wrong token, to show which one is used), then
@@ -1312,8 +1583,9 @@ async fn gem_install_version(root: &Path, source: &str, name: &str, version: &st
 }
 
 /// A CI story on GitLab 19.1: a job installs a gem, the next pushes a new version through
-/// the proxy, and the one after installs exactly that version. The proxy holds the spec index
-/// from before the push; it must not serve it once GitLab has processed the upload.
+/// the proxy, and the one after installs exactly that version at once, without waiting for
+/// GitLab's background processing. The proxy holds the project's index from before the push;
+/// it must not serve it after the push.
 #[tokio::test]
 async fn gem_push_then_install_of_the_new_version_through_the_proxy() {
     for tool in ["ruby", "gem"] {
@@ -1371,12 +1643,9 @@ async fn gem_push_then_install_of_the_new_version_through_the_proxy() {
     );
     push.env("GEM_HOST_API_KEY", GEM_WRITER);
     run(push).await;
-    // GitLab's own delay: the upload is processed, then the spec indexes are rebuilt.
-    support::eventually("GitLab processed the upload", || {
-        stack.fake.gem_versions(GEM_PROJECT, "gpc_fresh").len() == 2
-    })
-    .await;
-    tokio::time::sleep(Processing::default().indexes_after * 2).await;
+    // At once: GitLab may still be processing the upload in the background.
+    let processed = stack.fake.gem_versions(GEM_PROJECT, "gpc_fresh").len() == 2;
+    eprintln!("GitLab had processed the upload before the install: {processed}");
 
     let installed =
         gem_install_version(&dir.path().join("after"), &source, "gpc_fresh", "1.1.0").await;
@@ -1388,4 +1657,200 @@ async fn gem_push_then_install_of_the_new_version_through_the_proxy() {
         wire.upstream.iter().all(|e| e.path_and_query != gem),
         "the pushed gem was downloaded from GitLab again"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Freshness: what the next CI job sees after a change
+// ---------------------------------------------------------------------------------------
+
+/// A CI story on both GitLab eras: a job bundles `gpc_fresh` 1.0.0 (so the proxy holds the
+/// project's answers from before the push), the next job pushes 1.1.0 with `gem push`
+/// through the proxy, and the job after that runs `bundle lock` and `bundle install` at
+/// once — no waiting for GitLab's background extraction — and gets 1.1.0, its bytes from
+/// the proxy's store.
+#[tokio::test]
+async fn bundle_right_after_a_gem_push_through_the_proxy_gets_the_new_version() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems_dir = mkdir(dir.path().join("gems"));
+    let old = fixtures::build_gem(&gems_dir, "gpc_fresh", "1.0.0", &[]);
+    let new = fixtures::build_gem(&gems_dir, "gpc_fresh", "1.1.0", &[]);
+    let gem_file = dir.path().join("gpc_fresh-1.1.0.gem");
+    write(&gem_file, &new.gem_bytes);
+    let gem_file = gem_file.to_str().expect("UTF-8 path").to_owned();
+    for era in [RubyGemsEra::Pre19_1, RubyGemsEra::V19_1] {
+        let fake = gem_gitlab_in(era, Visibility::Private, vec![old.clone()]).await;
+        let stack = Stack::start(fake, None).await;
+        let source = rubygems_url(&stack.proxy.url());
+        let root = dir.path().join(format!("{era:?}"));
+        let before = bundle_run(
+            &root.join("before"),
+            &source,
+            &["gpc_fresh"],
+            GemCredentials::ConfigUserToken,
+        )
+        .await;
+        assert_eq!(before.described, "gpc_fresh-1.0.0\n", "{}", before.lockfile);
+        stack.end_run(&format!("{era:?}: bundle before the push"));
+
+        let push_root = root.join("push");
+        fresh_ruby_world(&push_root);
+        let mut push = ruby_tool("gem", &push_root, &["push", &gem_file, "--host", &source]);
+        push.env("GEM_HOST_API_KEY", GEM_WRITER);
+        run(push).await;
+        let processed = stack.fake.gem_versions(GEM_PROJECT, "gpc_fresh").len() == 2;
+
+        let after = bundle_run(
+            &root.join("after"),
+            &source,
+            &["gpc_fresh"],
+            GemCredentials::ConfigUserToken,
+        )
+        .await;
+        let wire = stack.end_run(&format!("{era:?}: bundle right after the push"));
+        assert!(
+            after.lockfile.contains("gpc_fresh (1.1.0)"),
+            "{era:?}: bundle lock resolved an older version:\n{}",
+            after.lockfile
+        );
+        assert_eq!(after.described, "gpc_fresh-1.1.0\n", "{era:?}");
+        let base = format!("/api/v4/projects/{GEM_PROJECT}/packages/rubygems");
+        let gem = format!("{base}/gems/gpc_fresh-1.1.0.gem");
+        let served = wire.requested("GET", &gem);
+        assert!(
+            !served.is_empty() && served.iter().all(|a| a.status == 200),
+            "{era:?}: {served:?}"
+        );
+        assert!(
+            wire.upstream.iter().all(|e| e.path_and_query != gem),
+            "{era:?}: the pushed gem was downloaded from GitLab again"
+        );
+        eprintln!("{era:?}: GitLab had processed the upload before the bundle: {processed}");
+    }
+}
+
+/// A developer tags v1.1.0; `go get module@latest` through the proxy, asked again and again
+/// as CI jobs would, resolves it once the cached `@v/list` is refreshed: within
+/// `metadata_ttl` (2 s here, so the test need not wait the default 30 s that
+/// tests/freshness.rs proves on tokio's paused clock). A tag asked for by name, which the
+/// cached list lacks, shows in `go list -m -versions` at once, with a long TTL.
+#[tokio::test]
+async fn go_get_latest_through_the_proxy_sees_a_new_tag() {
+    commands::require_tool("go");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = TestCa::create(dir.path());
+    let netrc = format!("machine 127.0.0.1 login __token__ password {GO_READER}\n");
+    let fake = || {
+        FakeGitLab::builder()
+            .project(10, "group/alpha", Visibility::Private)
+            .go_version(
+                10,
+                "",
+                "v1.0.0",
+                GO_TIMES[0],
+                fixtures::go_module_files(ALPHA, "v1.0.0"),
+            )
+            .token(
+                GO_READER,
+                TokenKind::Personal {
+                    scopes: vec!["read_api"],
+                },
+                TokenState::Active,
+                &[(10, Role::Reporter)],
+            )
+            .start()
+    };
+    // Each job in a fresh world: its own HOME, module cache and an empty module.
+    let mut jobs = 0;
+    let mut job = |proxy: &str, args: &[&str]| {
+        jobs += 1;
+        let root = dir.path().join(format!("job-{jobs}"));
+        write(&mkdir(root.join("home")).join(".netrc"), &netrc);
+        write(
+            &mkdir(root.join("app")).join("go.mod"),
+            "module example.com/latest\n\ngo 1.19\n",
+        );
+        let proxy = format!("{proxy}/api/v4/projects/10/packages/go");
+        let command = go(&root, &proxy, &ca.ca_file, args);
+        let gomod = root.join("app/go.mod");
+        async move {
+            let finished = run(command).await;
+            (finished, read(&gomod))
+        }
+    };
+    let requires = |gomod: &str, version: &str| gomod.contains(&format!("{ALPHA} {version}"));
+    let get_latest = format!("{ALPHA}@latest");
+
+    // With a short list TTL: the new tag shows to CI jobs that keep asking.
+    const TTL: Duration = Duration::from_secs(2);
+    let stack = Stack::start_with(fake().await, Some(&ca), |config| {
+        config.cache.metadata_ttl = TTL;
+    })
+    .await;
+    let proxy = stack.proxy.url();
+    let (_, gomod) = job(&proxy, &["get", &get_latest]).await;
+    assert!(requires(&gomod, "v1.0.0"), "{gomod}");
+    stack.fake.create_tag(
+        10,
+        "",
+        "v1.1.0",
+        GO_TIMES[1],
+        fixtures::go_module_files(ALPHA, "v1.1.0"),
+    );
+    let tagged = std::time::Instant::now();
+    let bound = TTL + Duration::from_secs(60);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (_, gomod) = job(&proxy, &["get", &get_latest]).await;
+        if requires(&gomod, "v1.1.0") {
+            break;
+        }
+        assert!(requires(&gomod, "v1.0.0"), "{gomod}");
+        assert!(
+            tagged.elapsed() < bound,
+            "go get @latest still resolves v1.0.0 {:?} after the tag",
+            tagged.elapsed()
+        );
+    }
+    eprintln!(
+        "go get @latest resolved the new tag on attempt {attempts}, {:?} after it",
+        tagged.elapsed()
+    );
+    let list = "/api/v4/projects/10/packages/go/gitlab.example.com/group/alpha/@v/list";
+    let wire = stack.end_run("go get @latest after a new tag");
+    assert!(
+        wire.upstream
+            .iter()
+            .any(|e| e.path_and_query == list && e.status == 200),
+        "the list was asked of GitLab again"
+    );
+    drop(stack);
+
+    // With the long TTL of the other tests: asking for the new tag by name moves the list
+    // on, so the next query agrees with the build.
+    let stack = Stack::start(fake().await, Some(&ca)).await;
+    let proxy = stack.proxy.url();
+    let (_, gomod) = job(&proxy, &["get", &get_latest]).await;
+    assert!(requires(&gomod, "v1.0.0"), "{gomod}");
+    stack.fake.create_tag(
+        10,
+        "",
+        "v1.2.0",
+        GO_TIMES[2],
+        fixtures::go_module_files(ALPHA, "v1.2.0"),
+    );
+    let (_, gomod) = job(&proxy, &["get", &format!("{ALPHA}@v1.2.0")]).await;
+    assert!(requires(&gomod, "v1.2.0"), "{gomod}");
+    let (versions, _) = job(&proxy, &["list", "-m", "-versions", ALPHA]).await;
+    assert_eq!(
+        versions.stdout.trim(),
+        format!("{ALPHA} v1.0.0 v1.2.0"),
+        "{}",
+        versions.report
+    );
+    let (_, gomod) = job(&proxy, &["get", &get_latest]).await;
+    assert!(requires(&gomod, "v1.2.0"), "{gomod}");
 }
