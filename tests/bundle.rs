@@ -454,7 +454,11 @@ async fn older_bundles_and_late_deltas_roll_nothing_back() {
     assert!(imported.success(), "{}", imported.report);
     let imported = run(admin(d, &b, "import", &["new.tar"])).await;
     assert!(imported.success(), "{}", imported.report);
-    assert_eq!(held(&b, &alpha), held(&late, &alpha), "newer content replaces");
+    assert_eq!(
+        held(&b, &alpha),
+        held(&late, &alpha),
+        "newer content replaces"
+    );
     let served_list = |b: &TestProxy| {
         let url = format!("{}{list}", b.url());
         async move { client::get(&url, &[]).await.text() }

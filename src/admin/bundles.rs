@@ -457,7 +457,11 @@ fn newest_imported(store: &dyn ArtifactStore) -> Result<u64, AdminError> {
         let note: serde_json::Value = serde_json::from_slice(&note).unwrap_or_default();
         let created_ms = note["created_ms"]
             .as_u64()
-            .or_else(|| note["created_unix"].as_u64().map(|s| s.saturating_mul(1000)))
+            .or_else(|| {
+                note["created_unix"]
+                    .as_u64()
+                    .map(|s| s.saturating_mul(1000))
+            })
             .unwrap_or(0);
         newest = newest.max(created_ms);
     }

@@ -48,7 +48,9 @@ impl HeldCatalogs {
     pub async fn get(&self, fills: &Fills, project: &ProjectRef) -> Result<Arc<Catalog>, Error> {
         let key: Arc<str> = Arc::from(project.as_raw());
         self.built
-            .try_get_with(key, async { self.build(fills, project).await.map(Arc::new) })
+            .try_get_with(key, async {
+                self.build(fills, project).await.map(Arc::new)
+            })
             .await
             .map_err(|e: Arc<Error>| Error::Internal(e.to_string()))
     }
