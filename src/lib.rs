@@ -21,7 +21,8 @@
 //!   (within a replica, and across replicas through leases in the shared bucket), the
 //!   piecewise reader of stored artifacts, and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
-//!   indexes) from the gems' own metadata.
+//!   indexes, offline dependency answers) from the gems' own metadata, with the gems GitLab
+//!   lists or, offline, the gems held as the name source.
 //! - [`integrity`]: first-copy fingerprints (SHA-256, Go `h1:`) and the changes seen since.
 //! - [`freshness`]: when cached metadata stops being current (per-project moments, pushed
 //!   versions awaited from GitLab).

@@ -17,6 +17,7 @@ use crate::config::{Config, S3Config};
 use crate::error::Error;
 use crate::freshness::Freshness;
 use crate::gems::catalog::Catalogs;
+use crate::gems::held::HeldCatalogs;
 use crate::integrity::Integrity;
 use crate::metrics::Metrics;
 use crate::storage::s3::{Bucket, S3Credentials, S3Settings};
@@ -49,6 +50,8 @@ pub struct AppState {
     pub upstream: Arc<Upstream>,
     /// Per-project RubyGems catalogs (compact index, gemspecs, spec indexes).
     pub catalogs: Catalogs,
+    /// Catalogs of the gems held in the store (offline mode's name source).
+    pub held_gems: HeldCatalogs,
     /// Set when the proxy serves HTTPS.
     pub tls: Option<TlsAcceptor>,
     /// Set when replicas share a bucket: who fetches an artifact from GitLab.
@@ -170,6 +173,7 @@ impl AppState {
             fills,
             freshness: Freshness::new(memory.clock()),
             catalogs: Catalogs::new(config.cache.metadata_ttl),
+            held_gems: HeldCatalogs::new(),
             integrity,
             artifacts,
             gate: Gate::new(

@@ -234,68 +234,84 @@ async fn offline_proxy(dir: &Path, access: OfflineAccess, tokens: Option<PathBuf
     .await
 }
 
+/// Proxy A fills from the real clients and `warm` (Go first, exported as a full bundle; then
+/// the gems, exported as a delta); offline proxy B imports both in order, and `go build` and
+/// `bundle install` run through B alone, GitLab unreachable, with GitLab's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_build_through_an_offline_proxy_filled_from_a_bundle() {
-    offline_round_trip(false).await;
-}
-
-/// Known gap: since the proxy serves its own compact index, Bundler on the connected side
-/// asks only for `versions`/`info`, which offline mode cannot build from held gems yet, so
-/// Bundler finds nothing to fall back to on the offline side.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "offline mode does not build the compact index from held gems yet"]
-async fn bundle_install_through_an_offline_proxy_filled_from_a_bundle() {
-    offline_round_trip(true).await;
-}
-
-/// Proxy A fills from the real clients and `warm`, exports; offline proxy B imports and the
-/// real clients build through B alone (`bundler`: the RubyGems half too).
-async fn offline_round_trip(bundler: bool) {
+async fn go_build_and_bundle_install_through_an_offline_proxy_filled_from_bundles() {
     commands::require_tool("go");
     commands::require_tool("bundle");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let fixtures_dir = d.join("gems");
     std::fs::create_dir_all(&fixtures_dir).unwrap();
-    let fake = gitlab(gems(&fixtures_dir)).await;
+    let fixtures = gems(&fixtures_dir);
+    let mut gitlab_gems: Vec<(String, String)> = fixtures
+        .iter()
+        .map(|g| {
+            (
+                format!("{}-{}.gem", g.name, g.version),
+                hex::encode(Sha256::digest(&g.gem_bytes)),
+            )
+        })
+        .collect();
+    gitlab_gems.sort();
+    let fake = gitlab(fixtures).await;
     let token = d.join("admin-token");
     write(&token, ADMIN_TOKEN);
     let a = TestProxy::start_with(&fake.url(), |c| c.admin_token_file = Some(token.clone())).await;
+    write(&d.join("read-token"), READER);
+    let warm = |files: &[&Path]| {
+        let mut warm = admin_command(d, "warm", &a, &["--pin", "--token-file", "read-token"]);
+        warm.args(["--goproxy", &goproxy(&a.url())]).args(files);
+        async move {
+            let warmed = run(warm).await;
+            assert!(
+                warmed.stdout.contains("0 failed, 0 not served"),
+                "{}",
+                warmed.report
+            );
+        }
+    };
 
-    // Connected side: the projects' own clients, through A.
+    // Connected side, first the Go project: its own client through A, `warm`, a full bundle.
     let go_a = d.join("go-a");
     go_app(&go_a);
     run(go(&go_a, &a.url(), &["mod", "tidy"])).await;
     let go_sum = go_a.join("app/go.sum");
-    let lockfile = bundle_install(&d.join("ruby-a1"), &a.url(), None).await;
-    if bundler {
-        // Bundler asks differently once a lockfile exists; that is what the office will run.
-        bundle_install(&d.join("ruby-a2"), &a.url(), Some(&lockfile)).await;
-    }
-    let gemfile_lock = d.join("ruby-a1/app/Gemfile.lock");
+    warm(&[&go_sum]).await;
+    let full = run(admin_command(d, "export", &a, &["-o", "office-1.tar"])).await;
+    assert!(full.stdout.contains("exported"), "{}", full.report);
 
-    write(&d.join("read-token"), READER);
-    let mut warm = admin_command(d, "warm", &a, &["--pin", "--token-file", "read-token"]);
-    warm.args(["--goproxy", &goproxy(&a.url())])
-        .arg(&go_sum)
-        .arg(&gemfile_lock);
-    let warmed = run(warm).await;
+    // Then the Ruby project, and a delta with what the full bundle lacks.
+    let lockfile = bundle_install(&d.join("ruby-a1"), &a.url(), None).await;
+    // Bundler asks differently once a lockfile exists; that is what the office will run.
+    bundle_install(&d.join("ruby-a2"), &a.url(), Some(&lockfile)).await;
+    warm(&[&d.join("ruby-a1/app/Gemfile.lock")]).await;
+    let delta = run(admin_command(
+        d,
+        "export",
+        &a,
+        &["--since", "office-1.tar", "-o", "office-2.tar"],
+    ))
+    .await;
     assert!(
-        warmed.stdout.contains("0 failed, 0 not served"),
+        delta.stdout.contains("delta on sha256:"),
         "{}",
-        warmed.report
+        delta.report
     );
-    run(admin_command(d, "export", &a, &["-o", "office.tar"])).await;
 
     // Offline side: no GitLab at all, a closed network (go 1.19 sends no credentials over
-    // plain HTTP; the token list is tested on its own below).
+    // plain HTTP; the token list is tested on its own below). Both bundles, in order.
     let b = offline_proxy(d, OfflineAccess::Open, None).await;
-    let imported = run(admin_command(d, "import", &b, &["office.tar"])).await;
-    assert!(
-        imported.stdout.contains("imported sha256:"),
-        "{}",
-        imported.report
-    );
+    for bundle in ["office-1.tar", "office-2.tar"] {
+        let imported = run(admin_command(d, "import", &b, &[bundle])).await;
+        assert!(
+            imported.stdout.contains("imported sha256:"),
+            "{bundle}: {}",
+            imported.report
+        );
+    }
     fake.reset_hits();
 
     let go_b = d.join("go-b");
@@ -321,18 +337,17 @@ async fn offline_round_trip(bundler: bool) {
         "same zip bytes"
     );
 
-    if bundler {
-        let ruby_b = d.join("ruby-b");
-        let lockfile_b = lockfile.replace(&a.url(), &b.url());
-        bundle_install(&ruby_b, &b.url(), Some(&lockfile_b)).await;
-        let installed = installed_gems(&ruby_b);
-        assert_eq!(installed.len(), 2, "{installed:?}");
-        assert_eq!(
-            installed,
-            installed_gems(&d.join("ruby-a2")),
-            "same gem bytes"
-        );
-    }
+    let ruby_b = d.join("ruby-b");
+    let lockfile_b = lockfile.replace(&a.url(), &b.url());
+    bundle_install(&ruby_b, &b.url(), Some(&lockfile_b)).await;
+    let installed = installed_gems(&ruby_b);
+    assert_eq!(installed.len(), 2, "{installed:?}");
+    assert_eq!(
+        installed,
+        installed_gems(&d.join("ruby-a2")),
+        "same gem bytes"
+    );
+    assert_eq!(installed, gitlab_gems, "GitLab's gem bytes");
     assert_eq!(fake.total_hits(), 0, "GitLab was never contacted by B");
 }
 
@@ -340,26 +355,38 @@ async fn offline_round_trip(bundler: bool) {
 async fn offline_access_is_explicit_and_strangers_get_no_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let fake = gitlab(Vec::new()).await;
+    let fixtures_dir = d.join("gems");
+    std::fs::create_dir_all(&fixtures_dir).unwrap();
+    let fake = gitlab(gems(&fixtures_dir)).await;
     let token = d.join("admin-token");
     write(&token, ADMIN_TOKEN);
     let a = TestProxy::start_with(&fake.url(), |c| c.admin_token_file = Some(token.clone())).await;
     let info = "/api/v4/projects/10/packages/go/gitlab.example.com/group/!mixed!lib/@v/v1.0.0.info";
     let list = "/api/v4/projects/10/packages/go/gitlab.example.com/group/!mixed!lib/@v/list";
-    assert_eq!(
-        client::get(&format!("{}{info}", a.url()), &[]).await.status,
-        200
-    );
-    support::eventually("the .info is stored", || {
-        a.state.fills.store().keys(info).iter().any(|k| k == info)
-    })
-    .await;
+    let gem = "/api/v4/projects/20/packages/rubygems/gems/gpc_leaf-1.0.0.gem";
+    let versions = "/api/v4/projects/20/packages/rubygems/versions";
+    let gem_info = "/api/v4/projects/20/packages/rubygems/info/gpc_leaf";
+    for (path, headers) in [(info, &[][..]), (gem, &[("authorization", READER)][..])] {
+        assert_eq!(
+            client::get(&format!("{}{path}", a.url()), headers)
+                .await
+                .status,
+            200
+        );
+        support::eventually("the artifact is stored", || {
+            a.state.fills.store().keys(path).iter().any(|k| k == path)
+        })
+        .await;
+    }
     run(admin_command(d, "export", &a, &["-o", "b.tar"])).await;
 
     let tokens = d.join("tokens");
     write(
         &tokens,
-        format!("{} 11\n", hex::encode(Sha256::digest(READER.as_bytes()))),
+        format!(
+            "{} 11 {GEMS}\n",
+            hex::encode(Sha256::digest(READER.as_bytes()))
+        ),
     );
     for (access, file) in [
         (OfflineAccess::Tokens, Some(tokens.clone())),
@@ -400,6 +427,36 @@ async fn offline_access_is_explicit_and_strangers_get_no_bytes() {
                     "no cached bytes: {}",
                     refused.text()
                 );
+            }
+        }
+
+        // The compact index written from the held gem passes the same gate.
+        for path in [versions, gem_info, gem] {
+            let anonymous = get(path, &[]).await;
+            let stranger = get(path, &[("authorization", "glpat-stranger")]).await;
+            let reader = get(path, &[("authorization", READER)]).await;
+            let expected = match access {
+                OfflineAccess::Open => [200, 200, 200],
+                OfflineAccess::Tokens => [401, 401, 200],
+                OfflineAccess::Grace => [401, 401, 401],
+            };
+            assert_eq!(
+                [anonymous.status, stranger.status, reader.status],
+                expected,
+                "{access:?} {path}"
+            );
+            for answer in [&anonymous, &stranger, &reader] {
+                if answer.status == 200 {
+                    if path != gem {
+                        assert!(answer.text().contains("1.0.0"), "{}", answer.text());
+                    }
+                } else {
+                    assert!(
+                        !answer.text().contains("gpc_leaf") && !answer.text().contains("1.0.0"),
+                        "no held bytes: {}",
+                        answer.text()
+                    );
+                }
             }
         }
     }

@@ -377,3 +377,127 @@ async fn damaged_cut_off_and_badly_signed_bundles_are_refused() {
     .await;
     assert!(done.success(), "{}", done.report);
 }
+
+/// An offline proxy (open reads) that only imports.
+async fn offline(dir: &Path) -> TestProxy {
+    let token = token_file(dir);
+    TestProxy::start_with(NOWHERE, |c| {
+        c.admin_token_file = Some(token);
+        c.offline.enabled = true;
+        c.offline.access = gitlab_pkg_cache::airgap::offline::OfflineAccess::Open;
+    })
+    .await
+}
+
+/// The persisted metadata answer a proxy holds under `key`.
+async fn record(proxy: &TestProxy, key: &str) -> Option<Vec<u8>> {
+    proxy
+        .state
+        .fills
+        .store()
+        .get_record("metadata", key.as_bytes())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_bundles_and_late_deltas_roll_nothing_back() {
+    let fake = gitlab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let list = format!("{GO}/list");
+    let alpha = format!("{GEMS}/gems/alpha-1.0.0.gem");
+    let beta = format!("{GEMS}/gems/beta-2.0.0.gem");
+
+    // Connected side, early: a full bundle, then a delta on it with beta.
+    let early = proxy(&fake.url(), d).await;
+    fetch(&early, &first_set()).await;
+    let old = run(admin(d, &early, "export", &["-o", "old.tar"])).await;
+    assert!(old.success(), "{}", old.report);
+    fetch(&early, std::slice::from_ref(&beta)).await;
+    let delta = run(admin(
+        d,
+        &early,
+        "export",
+        &["--since", "old.tar", "-o", "delta.tar"],
+    ))
+    .await;
+    assert!(delta.success(), "{}", delta.report);
+
+    // GitLab moves on: a new tag, and alpha 1.0.0 pushed again with other bytes. A later
+    // full bundle carries the new list, v1.2.0 and the new alpha.
+    fake.create_tag(
+        10,
+        "",
+        "v1.2.0",
+        TIME,
+        fixtures::go_module_files(LIB, "v1.2.0"),
+    );
+    fake.push_gem(20, GemFixture::new("alpha", "1.0.0", noise(300_000, 9)));
+    let late = proxy(&fake.url(), d).await;
+    let mut newer_set = first_set();
+    newer_set.extend([
+        format!("{GO}/v1.2.0.info"),
+        format!("{GO}/v1.2.0.mod"),
+        format!("{GO}/v1.2.0.zip"),
+    ]);
+    fetch(&late, &newer_set).await;
+    let new = run(admin(d, &late, "export", &["-o", "new.tar"])).await;
+    assert!(new.success(), "{}", new.report);
+    let newest_list = record(&late, &list).await.expect("the newer list is held");
+    assert_ne!(record(&early, &list).await, Some(newest_list.clone()));
+    assert_ne!(held(&early, &alpha), held(&late, &alpha));
+
+    // Offline side: the newer full bundle first, then the older ones arrive.
+    let b = offline(d).await;
+    let imported = run(admin(d, &b, "import", &["old.tar"])).await;
+    assert!(imported.success(), "{}", imported.report);
+    let imported = run(admin(d, &b, "import", &["new.tar"])).await;
+    assert!(imported.success(), "{}", imported.report);
+    assert_eq!(
+        held(&b, &alpha),
+        held(&late, &alpha),
+        "newer content replaces"
+    );
+    let served_list = |b: &TestProxy| {
+        let url = format!("{}{list}", b.url());
+        async move { client::get(&url, &[]).await.text() }
+    };
+    assert_eq!(served_list(&b).await, "v1.0.0\nv1.2.0\n");
+
+    for late_arrival in ["delta.tar", "old.tar"] {
+        let done = run(admin(d, &b, "import", &[late_arrival])).await;
+        assert!(done.success(), "{late_arrival}: {}", done.report);
+        assert!(
+            done.stdout.contains("older than a bundle imported before"),
+            "{late_arrival}: {}",
+            done.report
+        );
+        assert_eq!(
+            served_list(&b).await,
+            "v1.0.0\nv1.2.0\n",
+            "{late_arrival}: no version lost"
+        );
+        assert_eq!(
+            record(&b, &list).await.as_deref(),
+            Some(newest_list.as_slice()),
+            "{late_arrival}: the newer @v/list answer stays"
+        );
+        assert_eq!(
+            held(&b, &alpha),
+            held(&late, &alpha),
+            "{late_arrival}: the newer gem stays"
+        );
+        let gem = client::get(&format!("{}{alpha}", b.url()), &[]).await;
+        assert_eq!(
+            Some(<[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(
+                &gem.body
+            ))),
+            held(&late, &alpha),
+            "{late_arrival}: the newer gem is served"
+        );
+    }
+    // What only the late delta had is added.
+    assert_eq!(held(&b, &beta), held(&early, &beta));
+    assert!(held(&b, &beta).is_some());
+}

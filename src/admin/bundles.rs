@@ -28,6 +28,7 @@ use super::{AdminError, Call, Reply};
 use crate::airgap::bundle::{self, ArtifactEntry, Manifest, RecordEntry, BLOBS, MANIFEST};
 use crate::airgap::gosum;
 use crate::body;
+use crate::cache::memory::persisted_fetched_at;
 use crate::protocol::goproxy::{case_decode, GoRequest};
 use crate::route::PackageRequest;
 use crate::state::AppState;
@@ -125,10 +126,10 @@ pub async fn export(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErr
     Ok(Reply { response, detail })
 }
 
-fn unix_now() -> u64 {
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn staging_root(state: &AppState) -> PathBuf {
@@ -211,11 +212,13 @@ fn build_manifest(
             shipped.push((sha, Shipped::Record(value)));
         }
     }
+    let created_ms = unix_now_ms();
     let manifest = Manifest {
         format: bundle::FORMAT.to_owned(),
         format_version: bundle::FORMAT_VERSION,
         producer: format!("gitlab-pkg-cache {}", env!("CARGO_PKG_VERSION")),
-        created_unix: unix_now(),
+        created_unix: created_ms / 1000,
+        created_ms,
         base: request.base.as_ref().map(|b| b.id.clone()),
         artifacts,
         records,
@@ -393,13 +396,27 @@ pub async fn import(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErr
     .await
     .map_err(|e| AdminError::Internal(format!("import task: {e}")))?;
     let _ = pump.await;
-    let report = result?;
+    let Imported {
+        report,
+        records_written,
+        artifacts_replaced,
+    } = result?;
+    // What changed behind the memory tiers is read from the store again.
+    for key in &records_written {
+        state.memory.forget(key).await;
+    }
+    for key in &artifacts_replaced {
+        state.artifacts.invalidate(key);
+    }
+    state.held_gems.forget();
     let detail = format!(
-        "import {}: {} artifacts added, {} already held, {} records",
+        "import {}: {} artifacts added ({} replaced), {} already held, {} records, {} newer items kept",
         report["id"].as_str().unwrap_or(""),
         report["added"],
+        report["replaced"],
         report["already_held"],
-        report["records"]
+        report["records"],
+        report["kept_newer"]
     );
     Ok(Reply {
         response: super::json_response(StatusCode::OK, report.to_string()),
@@ -420,12 +437,43 @@ fn refused(message: impl Into<String>) -> AdminError {
     AdminError::Refused(message.into())
 }
 
+/// What an import did.
+struct Imported {
+    /// The JSON report for the client.
+    report: serde_json::Value,
+    /// Metadata answers written (their memory copies are stale).
+    records_written: Vec<String>,
+    /// Artifacts whose held content was replaced by a newer bundle's.
+    artifacts_replaced: Vec<String>,
+}
+
+/// When the newest bundle imported here was written (milliseconds; 0 if none was).
+fn newest_imported(store: &dyn ArtifactStore) -> Result<u64, AdminError> {
+    let mut newest = 0u64;
+    for id in store.record_keys(BUNDLES)? {
+        let Some(note) = store.get_record(BUNDLES, &id)? else {
+            continue;
+        };
+        let note: serde_json::Value = serde_json::from_slice(&note).unwrap_or_default();
+        let created_ms = note["created_ms"]
+            .as_u64()
+            .or_else(|| {
+                note["created_unix"]
+                    .as_u64()
+                    .map(|s| s.saturating_mul(1000))
+            })
+            .unwrap_or(0);
+        newest = newest.max(created_ms);
+    }
+    Ok(newest)
+}
+
 fn import_blocking(
     store: &dyn ArtifactStore,
     input: ChannelReader,
     staging_root: &Path,
     expected_id: Option<&str>,
-) -> Result<serde_json::Value, AdminError> {
+) -> Result<Imported, AdminError> {
     let mut archive = tar::Archive::new(input);
     let mut entries = archive
         .entries()
@@ -482,6 +530,9 @@ fn import_blocking(
             )));
         }
     }
+    // A bundle written before one already imported (an old full bundle, a delta carried
+    // late) only adds what is missing: it never replaces newer content or answers.
+    let older = manifest.created_ms() < newest_imported(store)?;
 
     // 2. Blobs, staged and hashed as they stream.
     let names: HashMap<&str, &str> = manifest
@@ -577,17 +628,25 @@ fn import_blocking(
     // 3. Every artifact has its bytes here or in the store; Go hashes recomputed.
     // Blobs are content-addressed: one held under another key serves as well.
     let mut held = BTreeSet::new();
+    // Held with other content that an older bundle must not replace.
+    let mut kept_newer = BTreeSet::new();
     let mut twins: HashMap<&str, &str> = HashMap::new();
     for artifact in &manifest.artifacts {
-        let present = store
-            .lookup(&artifact.key)?
-            .is_some_and(|meta| hex::encode(meta.sha256) == artifact.sha256);
-        if present {
-            held.insert(artifact.key.clone());
-            twins.entry(&artifact.sha256).or_insert(&artifact.key);
+        match store.lookup(&artifact.key)? {
+            Some(meta) if hex::encode(meta.sha256) == artifact.sha256 => {
+                held.insert(artifact.key.clone());
+                twins.entry(&artifact.sha256).or_insert(&artifact.key);
+            }
+            Some(_) if older => {
+                kept_newer.insert(artifact.key.clone());
+            }
+            _ => {}
         }
     }
     for artifact in &manifest.artifacts {
+        if kept_newer.contains(&artifact.key) {
+            continue;
+        }
         if !held.contains(&artifact.key)
             && !staged.contains_key(&artifact.sha256)
             && !twins.contains_key(artifact.sha256.as_str())
@@ -635,23 +694,53 @@ fn import_blocking(
             }
         }
     }
+    // Each record's answer, when it was GitLab's, and whether it is newer than the one held.
+    let mut newer_records: Vec<(&RecordEntry, &PathBuf)> = Vec::new();
+    let mut records_kept = 0u64;
     for record in &manifest.records {
-        if !staged.contains_key(&record.sha256)
-            && store
-                .get_record(&record.namespace, record.key.as_bytes())?
-                .is_none_or(|v| hex::encode(Sha256::digest(&v)) != record.sha256)
-        {
-            return Err(refused(format!(
-                "record {}: its blob {} is neither in this bundle nor held here",
-                record.key, record.sha256
-            )));
+        let existing = store.get_record(&record.namespace, record.key.as_bytes())?;
+        let Some(file) = staged.get(&record.sha256) else {
+            let same = existing
+                .as_ref()
+                .is_some_and(|v| hex::encode(Sha256::digest(v)) == record.sha256);
+            if !same && older && existing.is_some() {
+                // The base's answer, since replaced by a newer bundle's.
+                records_kept += 1;
+            } else if !same {
+                return Err(refused(format!(
+                    "record {}: its blob {} is neither in this bundle nor held here",
+                    record.key, record.sha256
+                )));
+            }
+            continue;
+        };
+        let value =
+            std::fs::read(file).map_err(|e| AdminError::Internal(format!("staging: {e}")))?;
+        let incoming = persisted_fetched_at(&value).ok_or_else(|| {
+            refused(format!(
+                "record {}: not a metadata answer this proxy can read",
+                record.key
+            ))
+        })?;
+        let held_at = existing.as_deref().and_then(persisted_fetched_at);
+        if held_at.is_some_and(|held_at| held_at > incoming) {
+            records_kept += 1;
+        } else {
+            newer_records.push((record, file));
         }
     }
 
     // 4. Everything verified: publish, pin, record the bundle.
     let mut added = 0u64;
+    let mut artifacts_replaced = Vec::new();
     for artifact in &manifest.artifacts {
+        if kept_newer.contains(&artifact.key) {
+            continue;
+        }
         if !held.contains(&artifact.key) {
+            if store.lookup(&artifact.key)?.is_some() {
+                artifacts_replaced.push(artifact.key.clone());
+            }
             if let Some(file) = staged.get(&artifact.sha256) {
                 let input = std::fs::File::open(file)
                     .map_err(|e| AdminError::Internal(format!("staging: {e}")))?;
@@ -667,27 +756,40 @@ fn import_blocking(
         }
         store.set_kept(&artifact.key, true)?;
     }
-    for record in &manifest.records {
-        if let Some(file) = staged.get(&record.sha256) {
-            let value =
-                std::fs::read(file).map_err(|e| AdminError::Internal(format!("staging: {e}")))?;
-            store.put_record(&record.namespace, record.key.as_bytes(), &value)?;
-        }
+    let mut records_written = Vec::new();
+    for (record, file) in newer_records {
+        let value =
+            std::fs::read(file).map_err(|e| AdminError::Internal(format!("staging: {e}")))?;
+        store.put_record(&record.namespace, record.key.as_bytes(), &value)?;
+        records_written.push(record.key.clone());
     }
-    let note = json!({ "base": manifest.base, "created_unix": manifest.created_unix }).to_string();
+    let note = json!({
+        "base": manifest.base,
+        "created_unix": manifest.created_unix,
+        "created_ms": manifest.created_ms(),
+    })
+    .to_string();
     let again = store.get_record(BUNDLES, id.as_bytes())?.is_some();
     store.put_record(BUNDLES, id.as_bytes(), note.as_bytes())?;
     store.flush()?;
-    Ok(json!({
+    let report = json!({
         "id": id,
         "base": manifest.base,
         "already_imported": again,
+        "older_than_imported": older,
         "artifacts": manifest.artifacts.len(),
         "added": added,
+        "replaced": artifacts_replaced.len(),
         "already_held": held.len(),
+        "kept_newer": kept_newer.len() as u64 + records_kept,
         "records": manifest.records.len(),
         "blobs_received": staged.len(),
-    }))
+    });
+    Ok(Imported {
+        report,
+        records_written,
+        artifacts_replaced,
+    })
 }
 
 /// Writes a verified blob into the store under the artifact's key; the store's commit checks

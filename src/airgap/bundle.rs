@@ -55,6 +55,10 @@ pub struct Manifest {
     pub producer: String,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
+    /// Milliseconds since the Unix epoch (0 in bundles written before it was added): orders
+    /// bundles, so an older one never replaces what a newer one brought.
+    #[serde(default)]
+    pub created_ms: u64,
     /// `sha256:<hex>` of the base bundle's manifest, for a delta.
     pub base: Option<String>,
     pub artifacts: Vec<ArtifactEntry>,
@@ -64,6 +68,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// When the bundle was written, in milliseconds (to the second for older bundles).
+    pub fn created_ms(&self) -> u64 {
+        if self.created_ms == 0 {
+            self.created_unix.saturating_mul(1000)
+        } else {
+            self.created_ms
+        }
+    }
+
     /// Every blob the full state needs.
     pub fn needed_blobs(&self) -> BTreeSet<String> {
         self.artifacts
@@ -188,6 +201,7 @@ mod tests {
             format_version: FORMAT_VERSION,
             producer: "test".into(),
             created_unix: 0,
+            created_ms: 0,
             base: None,
             artifacts: vec![ArtifactEntry {
                 key: "/k".into(),

@@ -147,6 +147,12 @@ pub fn keep_header(name: &HeaderName) -> bool {
     )
 }
 
+/// When GitLab produced the persisted answer `record` (bytes as the tier writes them to the
+/// store), or `None` if the bytes are not such an answer.
+pub fn persisted_fetched_at(record: &[u8]) -> Option<u64> {
+    CachedResponse::decode(record).map(|r| r.fetched_at_ms)
+}
+
 /// A cached answer and its age.
 pub struct Lookup {
     pub response: Arc<CachedResponse>,
@@ -239,6 +245,12 @@ impl MemoryTier {
                 tracing::warn!(error = %e, "removing persisted metadata failed");
             }
         }
+    }
+
+    /// Drops the memory copy of `key`, whose persisted answer was replaced in the store
+    /// (an import); the next read takes the stored one.
+    pub async fn forget(&self, key: &str) {
+        self.entries.invalidate(key).await;
     }
 
     /// The 404 GitLab gave this caller for `key`, if remembered.

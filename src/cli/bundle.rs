@@ -303,17 +303,19 @@ async fn run_import(args: &ImportArgs, admin_token_file: Option<&Path>) -> Resul
         .to_bytes();
     let report: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))?;
+    let mut notes = String::new();
+    if report["already_imported"] == true {
+        notes.push_str(" (imported before)");
+    }
+    if report["older_than_imported"] == true {
+        notes.push_str(&format!(
+            "; older than a bundle imported before: {} newer items kept",
+            report["kept_newer"]
+        ));
+    }
     Ok(format!(
-        "imported {id}: {} artifacts ({} added, {} already held), {} metadata answers{}",
-        report["artifacts"],
-        report["added"],
-        report["already_held"],
-        report["records"],
-        if report["already_imported"] == true {
-            " (imported before)"
-        } else {
-            ""
-        }
+        "imported {id}: {} artifacts ({} added, {} already held), {} metadata answers{notes}",
+        report["artifacts"], report["added"], report["already_held"], report["records"],
     ))
 }
 

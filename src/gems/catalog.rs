@@ -296,7 +296,7 @@ impl Catalogs {
 
 /// Reads the specification of the stored gem at `key`, streaming its chunks to a blocking
 /// reader that stops at `metadata.gz`. `Ok(None)` if it is no longer stored.
-async fn read_stored_spec(fills: &Fills, key: &str) -> Result<Option<GemSpec>, String> {
+pub(super) async fn read_stored_spec(fills: &Fills, key: &str) -> Result<Option<GemSpec>, String> {
     let store = fills.store();
     let Some((meta, _pin)) = store.lookup_pinned(key).await.map_err(|e| e.to_string())? else {
         return Ok(None);

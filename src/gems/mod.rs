@@ -5,5 +5,6 @@ pub mod catalog;
 pub mod compact_index;
 pub mod gem_file;
 pub mod gemspec;
+pub mod held;
 pub mod marshal;
 pub mod version;

@@ -206,7 +206,7 @@ fn if_none_match(headers: &HeaderMap) -> Option<String> {
 
 /// 304 when the client's validator matches, else the whole body (a `Range` is ignored, as
 /// the reference advises: Bundler then takes the full 200).
-fn answer(
+pub(super) fn answer(
     headers: HeaderMap,
     body: Bytes,
     head: bool,

@@ -4,6 +4,7 @@
 mod artifact;
 mod authorize;
 mod gems;
+mod held_gems;
 mod metadata;
 mod offline;
 mod operations;

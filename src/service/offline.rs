@@ -1,6 +1,7 @@
 //! Offline mode: every package request is answered from what the proxy holds, after the
 //! offline access policy (never GitLab) decided for the caller and project. `@v/list` lists
-//! the versions held; anything not held is a 404, so clients walking a GOPROXY list go on.
+//! the versions held; RubyGems indexes are written from the gems held (`held_gems`);
+//! anything not held is a 404, so clients walking a GOPROXY list go on.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::artifact::artifact_response;
+use super::held_gems::{answer_held, not_held};
 use super::metadata::serve_cached;
 use super::Handled;
 use crate::airgap::offline::{held_versions, spellings, OfflinePolicy, Verdict};
@@ -29,14 +31,6 @@ fn json(status: StatusCode, text: &'static str, outcome: CacheOutcome) -> Handle
         HeaderValue::from_static("application/json"),
     );
     Handled::new(response, outcome, None)
-}
-
-fn not_held() -> Handled {
-    json(
-        StatusCode::NOT_FOUND,
-        r#"{"message":"404 Not Found"}"#,
-        CacheOutcome::Local,
-    )
 }
 
 pub(super) async fn package(
@@ -81,6 +75,9 @@ pub(super) async fn package(
         }
     }
     let head = request.method() == Method::HEAD;
+    if let Some(handled) = answer_held(state, route, request.headers(), head).await? {
+        return Ok(handled);
+    }
     let key = route.content_key();
     match (&route.request, class) {
         (
@@ -154,8 +151,7 @@ pub(super) async fn package(
                 None,
             ))
         }
-        // The compact index is built from GitLab's answers; offline, Bundler falls back to the
-        // dependency API answers held.
+        // Everything written from held gems was answered above.
         (_, CacheClass::PassThrough | CacheClass::Upload | CacheClass::Synthesized) => {
             Ok(not_held())
         }
