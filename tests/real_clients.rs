@@ -1867,6 +1867,7 @@ async fn go_get_latest_through_the_proxy_sees_a_new_tag() {
 /// tier stopped is its offline grace.
 async fn office_in_front_of(regional: &TestProxy, tls: Option<&TestCa>) -> TestProxy {
     TestProxy::start_with(&regional.url(), |config| {
+        config.upstream.chained = true;
         config.cache.metadata_ttl = Duration::from_millis(1);
         config.cache.metadata_max_stale = Duration::from_millis(1);
         config.cache.auth_ttl = Duration::from_millis(1);
