@@ -26,11 +26,7 @@ const COUNT_KEYS: [&str; 5] = [
 ];
 
 /// Settings that are switches (true or false).
-const BOOL_KEYS: [&str; 3] = [
-    "offline.enabled",
-    "store.s3.path_style",
-    "upstream.chained",
-];
+const BOOL_KEYS: [&str; 3] = ["offline.enabled", "store.s3.path_style", "upstream.chained"];
 
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "GITLAB_PKG_CACHE_";
