@@ -26,7 +26,7 @@ const COUNT_KEYS: [&str; 5] = [
 ];
 
 /// Settings that are switches (true or false).
-const BOOL_KEYS: [&str; 2] = ["offline.enabled", "store.s3.path_style"];
+const BOOL_KEYS: [&str; 3] = ["offline.enabled", "store.s3.path_style", "upstream.chained"];
 
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "GITLAB_PKG_CACHE_";
@@ -92,6 +92,10 @@ pub struct UpstreamConfig {
     /// How long GitLab stays marked down before one probe request may try it again.
     #[serde(with = "humantime_serde")]
     pub down_backoff: Duration,
+    /// The upstream is another gitlab-pkg-cache (office → regional → GitLab): clients'
+    /// credentials go to it exactly as they were sent, and it rewrites them for GitLab, so
+    /// it knows each caller by the same credential the client presented.
+    pub chained: bool,
 }
 
 /// TLS for the proxy's own listener; both files or neither.
@@ -275,6 +279,7 @@ impl Default for UpstreamConfig {
             pool_max_idle: 32,
             failure_threshold: 3,
             down_backoff: Duration::from_secs(10),
+            chained: false,
         }
     }
 }
@@ -723,6 +728,18 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub upstream_down_backoff: Option<String>,
+    /// The upstream is another gitlab-pkg-cache: pass credentials on as clients sent them
+    /// (`--upstream-chained` alone means true) [default: false].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_UPSTREAM_CHAINED",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub upstream_chained: Option<String>,
     /// Certificate chain (PEM) to serve HTTPS with.
     #[arg(
         long,
@@ -1088,6 +1105,7 @@ impl Overrides {
             "upstream.pool_max_idle" => upstream_pool_max_idle,
             "upstream.failure_threshold" => upstream_failure_threshold,
             "upstream.down_backoff" => upstream_down_backoff,
+            "upstream.chained" => upstream_chained,
             "tls.cert_file" => tls_cert,
             "tls.key_file" => tls_key,
             "server.header_read_timeout" => header_read_timeout,

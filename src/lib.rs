@@ -28,10 +28,10 @@
 //!   versions awaited from GitLab).
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
-//! - [`upstream`]: the pooled client towards GitLab.
+//! - [`upstream`]: the pooled client towards GitLab (or an upstream gitlab-pkg-cache).
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
 //! - [`admin`]: the token-protected admin API under `/-/pkg-cache/admin/` (pins, bundles,
-//!   stats, integrity, purge, verify), audited.
+//!   stats, integrity, purge, verify, gc of the shared bucket), audited.
 //! - [`airgap`]: `warm` from go.sum / Gemfile.lock with hash verification, and its client.
 //! - [`cli`]: the client subcommands (`warm`, `export`, `import`, `admin …`), thin over the
 //!   library and the admin API.

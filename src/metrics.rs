@@ -119,6 +119,16 @@ impl Metrics {
             "Requests to the shared bucket that failed (the local tier carried on)",
             stats.errors.clone(),
         );
+        registry.register(
+            "shared_lease_waits",
+            "Fetches that waited for another replica holding the artifact's lease",
+            stats.lease_waits.clone(),
+        );
+        registry.register(
+            "shared_lease_takeovers",
+            "Leases taken over from a replica that let them lapse (it died or hung mid-fill)",
+            stats.lease_takeovers.clone(),
+        );
     }
 }
 

@@ -172,7 +172,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             fills,
             freshness: Freshness::new(memory.clock()),
-            catalogs: Catalogs::new(config.cache.metadata_ttl),
+            catalogs: Catalogs::new(config.cache.metadata_ttl, config.cache.offline_grace),
             held_gems: HeldCatalogs::new(),
             integrity,
             artifacts,

@@ -262,6 +262,7 @@ impl Upstream {
                 let (parts, incoming) = response.into_parts();
                 let mut parts = parts;
                 strip_hop_by_hop(&mut parts.headers);
+                name_upstream_cache_status(&mut parts.headers);
                 let body = IdleTimeout::new(incoming, self.body_idle_timeout);
                 return Ok((Response::from_parts(parts, body), started.elapsed()));
             }
@@ -382,6 +383,23 @@ pub(crate) fn tls_client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// The upstream's own `x-cache` (another gitlab-pkg-cache in a chain, or a CDN in front of
+/// GitLab) travels on as `x-cache-upstream`, so the `x-cache` a client sees is always this
+/// proxy's and the inner tier's stays visible for debugging. Never stored with an answer.
+pub const X_CACHE_UPSTREAM: &str = "x-cache-upstream";
+
+fn name_upstream_cache_status(headers: &mut HeaderMap) {
+    let inner: Vec<HeaderValue> = headers.get_all("x-cache").iter().cloned().collect();
+    if inner.is_empty() {
+        return;
+    }
+    headers.remove("x-cache");
+    headers.remove(X_CACHE_UPSTREAM);
+    for value in inner {
+        headers.append(X_CACHE_UPSTREAM, value);
+    }
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -7,7 +7,8 @@
 //! so the bytes sit in the memory tier (lists, dependency answers, spec indexes) or the store
 //! (`.info`, `.mod`, `.zip`, `.gemspec.rz`, `.gem`). Two more passes per API: warm with
 //! GitLab down (only the credential GitLab accepted before is served; everyone else fails
-//! closed), and all callers in turn on one shared warm proxy, in both orders.
+//! closed), and all callers in turn on one shared warm proxy, in both orders. The Go and
+//! RubyGems 19.1 matrices run again through an office proxy in front of a regional one.
 
 mod support;
 
@@ -267,6 +268,56 @@ enum Temperature {
     WarmGitLabDown,
 }
 
+/// How the proxies under test stand in front of GitLab.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// One proxy.
+    Single,
+    /// An office proxy whose upstream is a regional proxy in front of GitLab.
+    Chained,
+}
+
+/// The proxies under test; callers talk to the outermost.
+struct Tiers {
+    office: TestProxy,
+    regional: Option<TestProxy>,
+}
+
+impl Tiers {
+    async fn start(fake: &FakeGitLab, layout: Layout) -> Tiers {
+        match layout {
+            Layout::Single => Tiers {
+                office: TestProxy::start(&fake.url()).await,
+                regional: None,
+            },
+            Layout::Chained => {
+                let regional = TestProxy::start(&fake.url()).await;
+                let office =
+                    TestProxy::start_with(&regional.url(), |c| c.upstream.chained = true).await;
+                Tiers {
+                    office,
+                    regional: Some(regional),
+                }
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        self.office.url()
+    }
+
+    fn tiers(&self) -> impl Iterator<Item = &TestProxy> {
+        std::iter::once(&self.office).chain(self.regional.as_ref())
+    }
+
+    async fn stop(self) {
+        self.office.stop().await;
+        if let Some(regional) = self.regional {
+            regional.stop().await;
+        }
+    }
+}
+
 async fn get(base: &str, path: &str, caller: &Caller) -> Response {
     client::get(&format!("{base}{path}"), &caller.headers()).await
 }
@@ -313,7 +364,7 @@ fn artifact_key(path: &str) -> Option<String> {
 /// Fetches every resource of both projects through the proxy as an authorized caller, waits
 /// until the artifacts are committed, and checks that each is now served from cache.
 /// Returns the bytes the proxy holds, by path.
-async fn warm_up(fake: &FakeGitLab, proxy: &TestProxy, api: Api) -> HashMap<String, Bytes> {
+async fn warm_up(fake: &FakeGitLab, proxy: &Tiers, api: Api) -> HashMap<String, Bytes> {
     let warmer = api.warmer();
     let mut cached = HashMap::new();
     for project in &PROJECTS {
@@ -333,14 +384,16 @@ async fn warm_up(fake: &FakeGitLab, proxy: &TestProxy, api: Api) -> HashMap<Stri
         }
     }
     assert!(!cached.is_empty(), "[{}] nothing to warm", api.label());
-    let store = proxy.state.fills.store().clone();
     let artifacts: Vec<String> = cached.keys().filter_map(|p| artifact_key(p)).collect();
-    eventually("the warm-up's artifacts are stored", || {
-        artifacts
-            .iter()
-            .all(|key| matches!(store.inner().lookup(key), Ok(Some(_))))
-    })
-    .await;
+    for tier in proxy.tiers() {
+        let store = tier.state.fills.store().clone();
+        eventually("the warm-up's artifacts are stored in every tier", || {
+            artifacts
+                .iter()
+                .all(|key| matches!(store.inner().lookup(key), Ok(Some(_))))
+        })
+        .await;
+    }
     for path in cached.keys() {
         let again = get(&proxy.url(), path, &warmer).await;
         assert_eq!(
@@ -464,7 +517,7 @@ impl Report {
     async fn caller(
         &mut self,
         fake: &FakeGitLab,
-        proxy: &TestProxy,
+        proxy: &Tiers,
         api: Api,
         state: &str,
         caller: &Caller,
@@ -517,7 +570,7 @@ impl Report {
 /// failure names exactly one caller, one cache state, one project and one resource; then
 /// all callers one after the other on one shared warm proxy, in both orders, so that what
 /// one caller leaves behind (an acceptance, a remembered 404) cannot change another's answer.
-async fn matrix(api: Api) {
+async fn matrix(api: Api, layout: Layout) {
     let era = match api {
         Api::Go => RubyGemsEra::V19_1,
         Api::RubyGems(era) => era,
@@ -530,7 +583,7 @@ async fn matrix(api: Api) {
             Temperature::Warm,
             Temperature::WarmGitLabDown,
         ] {
-            let proxy = TestProxy::start(&fake.url()).await;
+            let proxy = Tiers::start(&fake, layout).await;
             let cached = match temperature {
                 Temperature::Cold => HashMap::new(),
                 Temperature::Warm | Temperature::WarmGitLabDown => {
@@ -545,7 +598,7 @@ async fn matrix(api: Api) {
             proxy.stop().await;
         }
     }
-    let proxy = TestProxy::start(&fake.url()).await;
+    let proxy = Tiers::start(&fake, layout).await;
     let cached = warm_up(&fake, &proxy, api).await;
     let all = callers();
     for (state, order) in [
@@ -564,17 +617,29 @@ async fn matrix(api: Api) {
 
 #[tokio::test]
 async fn go_proxy_answers_every_caller_as_gitlab_does() {
-    matrix(Api::Go).await;
+    matrix(Api::Go, Layout::Single).await;
 }
 
 #[tokio::test]
 async fn rubygems_before_19_1_answers_every_caller_as_gitlab_does() {
-    matrix(Api::RubyGems(RubyGemsEra::Pre19_1)).await;
+    matrix(Api::RubyGems(RubyGemsEra::Pre19_1), Layout::Single).await;
 }
 
 #[tokio::test]
 async fn rubygems_19_1_answers_every_caller_as_gitlab_does() {
-    matrix(Api::RubyGems(RubyGemsEra::V19_1)).await;
+    matrix(Api::RubyGems(RubyGemsEra::V19_1), Layout::Single).await;
+}
+
+/// The same matrix through an office proxy in front of a regional one: each tier keeps what
+/// passes through, and the office answers every caller exactly as GitLab does.
+#[tokio::test]
+async fn an_office_in_front_of_a_regional_proxy_answers_go_callers_as_gitlab_does() {
+    matrix(Api::Go, Layout::Chained).await;
+}
+
+#[tokio::test]
+async fn an_office_in_front_of_a_regional_proxy_answers_gem_callers_as_gitlab_does() {
+    matrix(Api::RubyGems(RubyGemsEra::V19_1), Layout::Chained).await;
 }
 
 /// The proxy remembers GitLab's acceptance per caller, project *and* API: a credential one
@@ -582,7 +647,7 @@ async fn rubygems_19_1_answers_every_caller_as_gitlab_does() {
 #[tokio::test]
 async fn an_acceptance_by_one_api_does_not_open_the_other() {
     let fake = gitlab(RubyGemsEra::V19_1).await;
-    let proxy = TestProxy::start(&fake.url()).await;
+    let proxy = Tiers::start(&fake, Layout::Single).await;
     let private = &PROJECTS[1];
     let gems_cached = warm_up(&fake, &proxy, Api::RubyGems(RubyGemsEra::V19_1)).await;
     let go_cached = warm_up(&fake, &proxy, Api::Go).await;
@@ -619,4 +684,46 @@ async fn an_acceptance_by_one_api_does_not_open_the_other() {
             .await;
     }
     report.assert_clean();
+}
+
+/// Through an office in front of a regional proxy, `x-cache` is the office's outcome and
+/// `x-cache-upstream` the regional tier's for an artifact the office fetched from it; a hit
+/// at the office carries none.
+#[tokio::test]
+async fn the_regional_tiers_outcome_shows_as_x_cache_upstream() {
+    let fake = gitlab(RubyGemsEra::V19_1).await;
+    let tiers = Tiers::start(&fake, Layout::Chained).await;
+    let regional = tiers.regional.as_ref().expect("chained");
+    let warmer = Api::Go.warmer();
+    let [list, _info, module, zip] =
+        <[String; 4]>::try_from(resources(Api::Go, &PROJECTS[1])).expect("four Go resources");
+    let outcome = |r: &Response| {
+        (
+            r.status,
+            r.header("x-cache").map(str::to_owned),
+            r.header("x-cache-upstream").map(str::to_owned),
+        )
+    };
+    let some = |s: &str| Some(s.to_owned());
+
+    // A list is answered from what the office's authorization probe kept: its own outcome.
+    let r = get(&tiers.url(), &list, &warmer).await;
+    assert_eq!(outcome(&r), (200, some("miss"), None), "{list}");
+    let r = get(&tiers.url(), &zip, &warmer).await;
+    assert_eq!(outcome(&r), (200, some("miss"), some("miss")), "{zip}");
+    // The regional tier had the .mod first.
+    let r = get(&regional.url(), &module, &warmer).await;
+    assert_eq!(outcome(&r), (200, some("miss"), None), "{module}");
+    let r = get(&tiers.url(), &module, &warmer).await;
+    assert_eq!(outcome(&r), (200, some("miss"), some("hit")), "{module}");
+
+    let office = tiers.office.state.fills.store().clone();
+    let key = artifact_key(&zip).expect("an artifact");
+    eventually("the office stored the zip", || {
+        matches!(office.inner().lookup(&key), Ok(Some(_)))
+    })
+    .await;
+    let r = get(&tiers.url(), &zip, &warmer).await;
+    assert_eq!(outcome(&r), (200, some("hit"), None), "{zip}");
+    tiers.stop().await;
 }

@@ -7,7 +7,8 @@
 //! points only at the proxy (or, for the Go reference run, at a fake GitLab directly): there
 //! is no network here but loopback, and nothing may try the internet. What the clients
 //! requested and what reached GitLab are printed (`cargo test --test real_clients --
-//! --nocapture` shows them) and the interesting parts asserted.
+//! --nocapture` shows them) and the interesting parts asserted. The last section runs go and
+//! bundler through an office proxy in front of a regional one.
 
 mod support;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use gitlab_pkg_cache::config::Config;
 use support::access_log::{Access, AccessLog};
+use support::client;
 use support::commands::{self, Finished, TIMEOUT};
 use support::fake_gitlab::{
     Access as Role, FakeGitLab, GemFixture, Processing, RubyGemsEra, TokenKind, TokenState,
@@ -1853,4 +1855,203 @@ async fn go_get_latest_through_the_proxy_sees_a_new_tag() {
     );
     let (_, gomod) = job(&proxy, &["get", &get_latest]).await;
     assert!(requires(&gomod, "v1.2.0"), "{gomod}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Chained proxies: office → regional → GitLab
+// ---------------------------------------------------------------------------------------
+
+/// An office proxy whose upstream is a regional proxy in front of GitLab. The office keeps
+/// nothing fresh (every list and every decision is asked of the regional tier again), so
+/// credentials must pass through on every request, and what it serves with the regional
+/// tier stopped is its offline grace.
+async fn office_in_front_of(regional: &TestProxy, tls: Option<&TestCa>) -> TestProxy {
+    TestProxy::start_with(&regional.url(), |config| {
+        config.upstream.chained = true;
+        config.cache.metadata_ttl = Duration::from_millis(1);
+        config.cache.metadata_max_stale = Duration::from_millis(1);
+        config.cache.auth_ttl = Duration::from_millis(1);
+        config.cache.auth_refresh_window = Duration::ZERO;
+        if let Some(ca) = tls {
+            config.tls.cert_file = Some(ca.cert_file.clone());
+            config.tls.key_file = Some(ca.key_file.clone());
+        }
+    })
+    .await
+}
+
+/// `go mod download` and `go build` through an office (HTTPS, where go sends `.netrc`) in
+/// front of a regional proxy: the same go.sum as directly; the second office asks the
+/// regional tier, which answers every artifact from its store; an anonymous go command gets
+/// GitLab's 401 at the office; with the regional tier stopped, the office builds again from
+/// its own cache.
+#[tokio::test]
+async fn go_builds_through_an_office_proxy_in_front_of_a_regional_one() {
+    commands::require_tool("go");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = TestCa::create(dir.path());
+    let twin = go_gitlab(false).await;
+    let direct = go_run(
+        &dir.path().join("direct"),
+        &goproxy(&twin.url()),
+        &ca.ca_file,
+        None,
+    )
+    .await;
+    drop(twin);
+
+    let fake = go_gitlab(true).await;
+    let regional = TestProxy::start(&fake.url()).await;
+    let office = office_in_front_of(&regional, Some(&ca)).await;
+    let netrc = format!("machine 127.0.0.1 login __token__ password {GO_READER}\n");
+    let first = go_run(
+        &dir.path().join("first"),
+        &goproxy(&office.url()),
+        &ca.ca_file,
+        Some(&netrc),
+    )
+    .await;
+    assert_eq!(first.go_sum, direct.go_sum, "go.sum through two tiers");
+    let alpha = "/api/v4/projects/10/packages/go/gitlab.example.com/group/alpha/@v/v1.1.0";
+    assert_eq!(
+        fake.hits(&format!("{alpha}.zip")),
+        1,
+        "GitLab built the zip once"
+    );
+
+    // A second office in front of the same regional tier: every artifact comes from the
+    // regional store.
+    fake.reset_hits();
+    let other_office = office_in_front_of(&regional, Some(&ca)).await;
+    let second = go_run(
+        &dir.path().join("second"),
+        &goproxy(&other_office.url()),
+        &ca.ca_file,
+        Some(&netrc),
+    )
+    .await;
+    assert_eq!(second.go_sum, direct.go_sum);
+    for ext in ["info", "mod", "zip"] {
+        assert_eq!(
+            fake.hits(&format!("{alpha}.{ext}")),
+            0,
+            "the regional tier had the .{ext}"
+        );
+    }
+
+    // Without credentials: GitLab's 401 reaches the go command through both tiers.
+    let root = dir.path().join("anonymous");
+    mkdir(root.join("home"));
+    write_consumer(&mkdir(root.join("app")));
+    let mut anonymous = go(
+        &root,
+        &goproxy(&office.url()),
+        &ca.ca_file,
+        &["mod", "download"],
+    );
+    let anonymous =
+        tokio::task::spawn_blocking(move || commands::run_unchecked(&mut anonymous, TIMEOUT))
+            .await
+            .expect("go without credentials");
+    assert!(
+        !anonymous.success() && anonymous.stderr.contains("401 Unauthorized"),
+        "{}",
+        anonymous.report
+    );
+
+    // The regional tier goes away: the office serves the caller it saw accepted.
+    fake.reset_hits();
+    regional.stop().await;
+    let offline = go_run(
+        &dir.path().join("offline"),
+        &goproxy(&office.url()),
+        &ca.ca_file,
+        Some(&netrc),
+    )
+    .await;
+    assert_eq!(
+        offline.go_sum, direct.go_sum,
+        "built from the office's cache"
+    );
+    assert_eq!(fake.total_hits(), 0);
+}
+
+/// `bundle install` through an office in front of a regional proxy (GitLab 19.1, private
+/// project): the office's compact index is the regional tier's, byte for byte; a caller
+/// GitLab refuses gets GitLab's answer at the office and never a cached gem; with the
+/// regional tier stopped, the office installs the same bundle from its cache.
+#[tokio::test]
+async fn bundle_installs_through_an_office_proxy_in_front_of_a_regional_one() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems = build_gems_with_tool(&mkdir(dir.path().join("gems")));
+    let fake = gem_gitlab(gems).await;
+    let regional = TestProxy::start(&fake.url()).await;
+    let office = office_in_front_of(&regional, None).await;
+    let source = rubygems_url(&office.url());
+    let first = bundle_run(
+        &dir.path().join("first"),
+        &source,
+        &TOOL_GEMFILE,
+        GemCredentials::ConfigUserToken,
+    )
+    .await;
+    assert_eq!(first.described, tool_described(), "{}", first.lockfile);
+
+    let reader = [("authorization", GEM_READER)];
+    for file in ["versions", "info/gpc_web", "info/gpc_core", "names"] {
+        let at_office = client::get(&format!("{source}/{file}"), &reader).await;
+        let at_regional = client::get(
+            &format!("{}/{file}", rubygems_url(&regional.url())),
+            &reader,
+        )
+        .await;
+        assert_eq!(at_office.status, 200, "{file}: {}", at_office.text());
+        assert_eq!(
+            at_office.body, at_regional.body,
+            "{file}: the same index at both tiers"
+        );
+        assert_eq!(
+            at_office.header("etag"),
+            at_regional.header("etag"),
+            "{file}"
+        );
+    }
+
+    // A refused caller: GitLab's answer, at the office as at GitLab, and no gem bytes.
+    let gem = "gems/gpc_web-0.5.0.gem";
+    let stored = client::get(&format!("{source}/{gem}"), &reader).await;
+    assert_eq!(
+        (stored.status, stored.header("x-cache")),
+        (200, Some("hit"))
+    );
+    for refused in [vec![("authorization", "glpat-not-a-token")], Vec::new()] {
+        let at_gitlab =
+            client::get(&format!("{}/{gem}", rubygems_url(&fake.url())), &refused).await;
+        let at_office = client::get(&format!("{source}/{gem}"), &refused).await;
+        assert_ne!(at_gitlab.status, 200);
+        assert_eq!(
+            at_office.status,
+            at_gitlab.status,
+            "{refused:?}: {}",
+            at_office.text()
+        );
+        assert_ne!(at_office.body, stored.body);
+    }
+
+    // The regional tier goes away: the office serves the caller it saw accepted.
+    fake.reset_hits();
+    regional.stop().await;
+    let offline = bundle_run(
+        &dir.path().join("offline"),
+        &source,
+        &TOOL_GEMFILE,
+        GemCredentials::ConfigUserToken,
+    )
+    .await;
+    assert_eq!(offline.described, tool_described());
+    assert_eq!(offline.lockfile, first.lockfile);
+    assert_eq!(fake.total_hits(), 0);
 }

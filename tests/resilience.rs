@@ -8,7 +8,6 @@ use support::fixtures::noise;
 
 use support::{eventually, stalled_download};
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use gitlab_pkg_cache::config::Config;
 use support::client;
 use support::fake_gitlab::{Access, FakeGitLab, Fault, TokenKind, TokenState, Visibility};
 use support::proxy::TestProxy;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::proxy_process::ProxyProcess;
 
 const TIME: &str = "2024-05-01T10:00:00.000+00:00";
 const GO: &str = "/api/v4/projects/2/packages/go/gitlab.example.com/group/secret";
@@ -434,42 +433,15 @@ async fn spawn_binary(
     upstream: &str,
     data_dir: &std::path::Path,
 ) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitlab-pkg-cache"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--upstream",
-            upstream,
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the proxy binary");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read the log") {
-            let event: serde_json::Value = match serde_json::from_str(&line) {
-                Ok(event) => event,
-                Err(_) => continue,
-            };
-            if let Some(listen) = event.get("listen").and_then(|v| v.as_str()) {
-                return listen.to_owned();
-            }
-        }
-        panic!("the proxy exited before listening");
-    })
-    .await
-    .expect("the proxy starts within 20 s");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"))
+    let no_flags: [&str; 0] = [];
+    let ProxyProcess { child, url } = ProxyProcess::spawn(
+        env!("CARGO_BIN_EXE_gitlab-pkg-cache"),
+        upstream,
+        data_dir,
+        no_flags,
+    )
+    .await;
+    (child, url)
 }
 
 const VERSIONS: [&str; 3] = ["v1.0.0", "v1.1.0", "v1.2.0"];

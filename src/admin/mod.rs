@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod auth;
 mod bundles;
+mod gc;
 mod integrity;
 mod pins;
 mod purge;
@@ -62,6 +63,8 @@ pub enum Action {
     VerifyStart,
     /// `GET verify`: the verification under way or the last one.
     VerifyReport,
+    /// `POST gc`: delete unreferenced blobs of crashed fills from the shared bucket.
+    Gc,
 }
 
 impl Action {
@@ -79,6 +82,7 @@ impl Action {
             ("POST", "purge") => Action::Purge,
             ("POST", "verify") => Action::VerifyStart,
             ("GET", "verify") => Action::VerifyReport,
+            ("POST", "gc") => Action::Gc,
             _ => return None,
         };
         Some(action)
@@ -97,6 +101,7 @@ impl Action {
             Action::Purge => "purge",
             Action::VerifyStart => "verify.start",
             Action::VerifyReport => "verify.report",
+            Action::Gc => "gc",
         }
     }
 }
@@ -268,6 +273,7 @@ async fn dispatch(state: &Arc<AppState>, action: Action, call: Call) -> Result<R
         Action::Purge => purge::purge(state, call).await,
         Action::VerifyStart => integrity::start_verify(state, call).await,
         Action::VerifyReport => integrity::verify_report(state, call).await,
+        Action::Gc => gc::gc(state, call).await,
     }
 }
 

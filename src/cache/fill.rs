@@ -140,6 +140,7 @@ impl Fills {
             tx: Some(tx),
             fills: self.clone(),
             keep_up_to: 0,
+            copy: false,
         })
     }
 
@@ -220,6 +221,8 @@ pub struct Leader {
     fills: Fills,
     /// Artifacts up to this size keep their bytes in the memory tier once committed.
     keep_up_to: u64,
+    /// The bytes come from another tier of the store (the shared bucket), not from GitLab.
+    copy: bool,
 }
 
 impl Drop for Leader {
@@ -241,6 +244,13 @@ impl Leader {
     /// than `limit` (the fill holds at most that much meanwhile).
     pub fn keep_in_memory(mut self, limit: u64) -> Leader {
         self.keep_up_to = limit;
+        self
+    }
+
+    /// The bytes this fill stores come from another tier of the store (see
+    /// [`crate::storage::ArtifactStore::begin_copy`]), so they are committed here only.
+    pub fn copying_in(mut self) -> Leader {
+        self.copy = true;
         self
     }
 
@@ -323,7 +333,11 @@ impl Leader {
         publish_chunks: bool,
     ) -> Result<FillTask, StoreError> {
         let store = self.fills.store.clone();
-        let fill = store.begin_fill(&self.key).await?;
+        let fill = if self.copy {
+            store.begin_copy(&self.key).await?
+        } else {
+            store.begin_fill(&self.key).await?
+        };
         let Some(tx) = self.tx.take() else {
             // Starting consumes the leader, so the sender is always still there.
             store.abort_fill(fill).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::cache::fill::{Fills, Progress};
-use crate::storage::s3::{random_id, Bucket, LeaseVersion};
+use crate::storage::s3::{random_id, Bucket, LeaseVersion, Taken};
 use crate::storage::{ArtifactStore, SharedStats, TieredStore};
 
 /// First pause between two looks for another replica's reference; it doubles up to `MAX_POLL`.
@@ -67,6 +67,11 @@ impl Leases {
         &self.stats
     }
 
+    /// The shared bucket the leases (and the artifacts) live in.
+    pub fn bucket(&self) -> &Arc<Bucket> {
+        &self.bucket
+    }
+
     /// Callers now waiting for another replica's fetch of what they asked for.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
@@ -84,12 +89,21 @@ impl Leases {
     async fn claim_counted(&self, key: &str, fills: &Fills) -> Claim {
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut pause = FIRST_POLL;
+        let mut waited = false;
         loop {
             if fills.progress(key).is_some() {
                 return Claim::Fetch;
             }
             match self.try_take(key).await {
-                Ok(Some(version)) => {
+                Ok(Some(Taken { version, took_over })) => {
+                    if took_over {
+                        SharedStats::count(&self.stats.lease_takeovers);
+                        tracing::warn!(
+                            key,
+                            "took over the lease of a replica that let it lapse mid-fill; \
+                             fetching from GitLab"
+                        );
+                    }
                     let guard = self.guard(key, version);
                     // The previous holder commits before it releases: a reference there now
                     // is final, and fetching again would be the duplicate the lease prevents.
@@ -97,6 +111,10 @@ impl Leases {
                         return Claim::Committed;
                     }
                     return Claim::Lead(guard);
+                }
+                Ok(None) if !waited => {
+                    waited = true;
+                    SharedStats::count(&self.stats.lease_waits);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -119,7 +137,7 @@ impl Leases {
         }
     }
 
-    async fn try_take(&self, key: &str) -> Result<Option<LeaseVersion>, String> {
+    async fn try_take(&self, key: &str) -> Result<Option<Taken>, String> {
         let bucket = self.bucket.clone();
         let (key, holder, ttl) = (key.to_owned(), self.holder.clone(), self.ttl);
         match tokio::task::spawn_blocking(move || bucket.try_lease(&key, &holder, ttl)).await {

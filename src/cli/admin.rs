@@ -1,4 +1,4 @@
-//! `admin stats|integrity|purge|verify`: operator calls to a running proxy's admin API,
+//! `admin stats|integrity|purge|verify|gc`: operator calls to a running proxy's admin API,
 //! printed for people (or as the API's JSON with `--json`).
 
 use std::path::Path;
@@ -30,6 +30,17 @@ pub enum AdminCommand {
     Purge(PurgeArgs),
     /// Re-read every stored artifact, drop damaged ones; waits for the result.
     Verify(Common),
+    /// Delete blobs of crashed fills from the shared bucket (none a reference names).
+    Gc(GcArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Only blobs older than this (e.g. 6h) [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +133,7 @@ async fn run(args: AdminArgs, admin_token_file: Option<&Path>) -> Result<ExitCod
     let common = match &args.command {
         AdminCommand::Stats(c) | AdminCommand::Integrity(c) | AdminCommand::Verify(c) => c,
         AdminCommand::Purge(p) => &p.common,
+        AdminCommand::Gc(g) => &g.common,
     };
     let api = Api {
         client: HttpClient::new()?,
@@ -150,6 +162,12 @@ async fn run(args: AdminArgs, admin_token_file: Option<&Path>) -> Result<ExitCod
                 json!({ "keys": purge.key })
             };
             let answer = api.call(Method::POST, "purge", Some(selection)).await?;
+            (answer, ExitCode::SUCCESS)
+        }
+        AdminCommand::Gc(gc) => {
+            let answer = api
+                .call(Method::POST, "gc", Some(json!({ "grace": gc.grace })))
+                .await?;
             (answer, ExitCode::SUCCESS)
         }
         AdminCommand::Verify(_) => {
@@ -289,6 +307,16 @@ fn render(command: &AdminCommand, answer: &Value) -> String {
             for key in answer["keys"].as_array().into_iter().flatten() {
                 line(format!("  {}", text(key)));
             }
+        }
+        AdminCommand::Gc(_) => {
+            line(format!(
+                "deleted {} unreferenced blobs ({}) older than {} s; kept {} referenced and {} younger ones",
+                answer["deleted"],
+                size(&answer["deleted_bytes"]),
+                answer["grace_seconds"],
+                answer["referenced"],
+                answer["young"],
+            ));
         }
         AdminCommand::Verify(_) => {
             let report = &answer["report"];

@@ -123,17 +123,36 @@ pub struct Source<'a> {
 #[derive(Clone)]
 pub struct Catalogs {
     built: moka::future::Cache<Arc<str>, Arc<Catalog>>,
+    /// The last catalog built per project, for `offline_grace`: served when a rebuild fails
+    /// because GitLab (or the upstream proxy) is unreachable. Callers are authorized before
+    /// any of it is served, as for every cached answer.
+    last: moka::future::Cache<Arc<str>, Arc<Catalog>>,
     /// By (content key of the `.gem`, its SHA-256): a gem is read once.
     read: moka::future::Cache<(String, [u8; 32]), Arc<IndexedVersion>>,
     fetches: Arc<Semaphore>,
 }
 
+/// Where a catalog came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    /// Built for this request.
+    Now,
+    /// Built within the metadata TTL.
+    Cached,
+    /// The last one built, served because the upstream is unreachable.
+    Stale,
+}
+
 impl Catalogs {
-    pub fn new(ttl: Duration) -> Catalogs {
+    pub fn new(ttl: Duration, offline_grace: Duration) -> Catalogs {
         Catalogs {
             built: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            last: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(offline_grace.max(Duration::from_millis(1)))
                 .build(),
             read: moka::future::Cache::builder().max_capacity(100_000).build(),
             fetches: Arc::new(Semaphore::new(GEM_FETCHES)),
@@ -141,22 +160,37 @@ impl Catalogs {
     }
 
     /// The project's catalog: the cached one, or one built now (concurrent builds of one
-    /// project coalesce; failures are not kept).
-    /// The second value is true when the catalog was built for this call.
-    pub async fn get(&self, source: Source<'_>) -> Result<(Arc<Catalog>, bool), Arc<Error>> {
+    /// project coalesce; failures are not kept), or, when a build fails because the
+    /// upstream is unreachable, the last one built within `offline_grace`.
+    pub async fn get(&self, source: Source<'_>) -> Result<(Arc<Catalog>, Built), Arc<Error>> {
         let key: Arc<str> = Arc::from(source.project.as_raw());
         let entry = self
             .built
-            .entry(key)
+            .entry(key.clone())
             .or_try_insert_with(async { self.build(&source).await.map(Arc::new) })
-            .await?;
-        let fresh = entry.is_fresh();
-        Ok((entry.into_value(), fresh))
+            .await;
+        match entry {
+            Ok(entry) => {
+                let built = if entry.is_fresh() {
+                    self.last.insert(key, entry.value().clone()).await;
+                    Built::Now
+                } else {
+                    Built::Cached
+                };
+                Ok((entry.into_value(), built))
+            }
+            Err(e) if e.is_upstream_failure() => match self.last.get(&key).await {
+                Some(last) => Ok((last, Built::Stale)),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
-    /// Forgets a project's catalog (a push changed it).
+    /// Forgets a project's catalog (a push changed it), also as an outage fallback.
     pub async fn invalidate(&self, project: &str) {
         self.built.invalidate(project).await;
+        self.last.invalidate(project).await;
     }
 
     async fn build(&self, source: &Source<'_>) -> Result<Catalog, Error> {

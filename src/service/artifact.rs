@@ -5,8 +5,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::StreamBody;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
@@ -27,6 +30,7 @@ use crate::protocol::goproxy::GoRequest;
 use crate::protocol::rubygems::GemRequest;
 use crate::route::{PackageRequest, PackageRoute};
 use crate::state::AppState;
+use crate::upstream::X_CACHE_UPSTREAM;
 
 /// Immutable artifacts: the memory tier, the store, or one single-flight fill from GitLab.
 pub(super) async fn artifact(
@@ -82,7 +86,14 @@ pub(super) async fn artifact(
             state.artifacts.invalidate(&key);
         }
     }
-    match store.lookup_pinned(&key).await {
+    // A GET that misses locally streams the shared bucket's copy (below) rather than
+    // waiting for a whole copy into the local tier, which `lookup_pinned` would make.
+    let found = if head {
+        store.lookup_pinned(&key).await
+    } else {
+        store.lookup_pinned_here(&key).await
+    };
+    match found {
         Ok(Some((meta, pin))) => {
             let took = match authorize(state, route, decision, &headers, head).await? {
                 Authorized::Yes(took) => took,
@@ -127,6 +138,13 @@ pub(super) async fn artifact(
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(%key, error = %e, "artifact store lookup failed; fetching from GitLab")
+        }
+    }
+    if !head {
+        if let Some(handled) =
+            from_shared_tier(state, route, decision, &headers, &key, size).await?
+        {
+            return Ok(handled);
         }
     }
     if let Some(not_found) = remembered_not_found(
@@ -197,6 +215,68 @@ pub(super) async fn artifact(
         client,
     )
     .await
+}
+
+/// A local miss that the shared bucket holds: streamed to this caller (a `hit`, after its
+/// authorization) while it is copied into the local tier, in memory bounded like any fill.
+/// `None`: the bucket does not have it, or a fill of it is under way here (joined below).
+async fn from_shared_tier(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: &Forward<'_>,
+    key: &str,
+    size: Size,
+) -> Result<Option<Handled>, Error> {
+    if state.fills.progress(key).is_some() {
+        return Ok(None);
+    }
+    let copy = match state.fills.store().shared_copy(key).await {
+        Ok(Some(copy)) => copy,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "shared tier unreadable; fetching from GitLab");
+            return Ok(None);
+        }
+    };
+    let took = match authorize(state, route, decision, headers, false).await? {
+        Authorized::Yes(took) => took,
+        Authorized::No(refusal) => return Ok(Some(refusal)),
+    };
+    let leader = match state.fills.join(key) {
+        Joined::Leader(leader) => leader,
+        // Another caller started a fill meanwhile: follow it instead.
+        Joined::Waiter(progress) => {
+            return wait(state, route, decision, headers, key, progress).await;
+        }
+    };
+    let leader = leader
+        .keep_in_memory(state.artifacts.limit(size))
+        .copying_in();
+    let frames = copy.body.map_ok(Frame::data);
+    let (len, stored_headers) = (copy.len, copy.headers);
+    match leader
+        .start(stored_headers.clone(), Some(len), StreamBody::new(frames))
+        .await
+    {
+        Ok(body) => Ok(Some(artifact_response(
+            &stored_headers,
+            Some(len),
+            body,
+            CacheOutcome::Hit,
+            took,
+        ))),
+        Err(NotStarted { error, body }) => {
+            tracing::warn!(%key, error = %error, "local tier unusable; serving the shared copy uncached");
+            Ok(Some(artifact_response(
+                &stored_headers,
+                Some(len),
+                body::boxed(body),
+                CacheOutcome::Hit,
+                took,
+            )))
+        }
+    }
 }
 
 /// Which memory limit applies to a route's artifacts.
@@ -292,14 +372,19 @@ pub(super) async fn lead(
             ))),
         };
     }
+    let inner_cache = parts.headers.get(X_CACHE_UPSTREAM).cloned();
     match leader.start(kept.clone(), length, incoming).await {
-        Ok(body) => Ok(artifact_response(
-            &kept,
-            length,
-            body,
-            CacheOutcome::Miss,
-            Some(took),
-        )),
+        Ok(body) => {
+            let mut handled =
+                artifact_response(&kept, length, body, CacheOutcome::Miss, Some(took));
+            if let Some(inner) = inner_cache {
+                handled
+                    .response
+                    .headers_mut()
+                    .insert(X_CACHE_UPSTREAM, inner);
+            }
+            Ok(handled)
+        }
         Err(NotStarted { error, body }) => {
             tracing::warn!(route = route.name(), error = %error, "artifact store unusable; serving uncached");
             let response = Response::from_parts(parts, body);

@@ -22,7 +22,7 @@ use crate::body;
 use crate::cache::fill::Joined;
 use crate::cache::CacheOutcome;
 use crate::error::Error;
-use crate::gems::catalog::{synthesized_headers, Catalog, Source};
+use crate::gems::catalog::{synthesized_headers, Built, Catalog, Source};
 use crate::gems::compact_index;
 use crate::gems::gemspec::IndexKind;
 use crate::protocol::rubygems::{CompactFile, GemRequest, SpecIndex};
@@ -172,15 +172,15 @@ async fn catalog(
         headers,
         pushed: state.freshness.pushed(route.project.as_raw()),
     };
-    let (catalog, fresh) = state
+    let (catalog, built) = state
         .catalogs
         .get(source)
         .await
         .map_err(|e| clone_error(&e))?;
-    let outcome = if fresh {
-        CacheOutcome::Miss
-    } else {
-        CacheOutcome::Hit
+    let outcome = match built {
+        Built::Now => CacheOutcome::Miss,
+        Built::Cached => CacheOutcome::Hit,
+        Built::Stale => CacheOutcome::Stale,
     };
     Ok((catalog, outcome))
 }

@@ -144,8 +144,13 @@ async fn package(
     client: IpAddr,
 ) -> Result<Handled, Error> {
     let caller = Caller::from_request(&state.key, request.headers(), request.uri().query());
-    // After the fingerprint: translation changes what GitLab reads, not who is calling.
-    credentials::translate(route.api(), request.headers_mut());
+    // After the fingerprint: translation changes what GitLab reads, not who is calling. An
+    // upstream proxy gets the credentials as sent: it translates them itself, and must know
+    // the caller by what the client presented (a Basic header and the raw token it carries
+    // are different callers until GitLab has accepted each).
+    if !state.config.upstream.chained {
+        credentials::translate(route.api(), request.headers_mut());
+    }
     let decision = DecisionKey {
         caller: caller.fingerprint,
         project: Arc::from(route.project.as_raw()),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{
     ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, PinGuard,
-    StoreError, Usage,
+    SharedCopy, StoreError, Usage,
 };
 
 /// Cheap to clone. Calls that may touch the disk run on `spawn_blocking`; `pin`, `touch`,
@@ -56,6 +56,24 @@ impl Store {
     ) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |s| s.lookup_pinned(&key)).await
+    }
+
+    pub async fn lookup_pinned_here(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.lookup_pinned_here(&key)).await
+    }
+
+    pub async fn shared_copy(&self, key: &str) -> Result<Option<SharedCopy>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.shared_copy(&key)).await
+    }
+
+    pub async fn begin_copy(&self, key: &str) -> Result<FillId, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.begin_copy(&key)).await
     }
 
     pub async fn begin_fill(&self, key: &str) -> Result<FillId, StoreError> {

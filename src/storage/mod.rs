@@ -65,6 +65,24 @@ pub struct Commit {
     pub headers: Vec<(String, String)>,
 }
 
+/// An artifact another tier holds, being read from there: what to answer with, and its bytes
+/// in order. The stream ends with an error, never silently short, if the bytes do not match
+/// the length and SHA-256 that tier recorded.
+pub struct SharedCopy {
+    pub len: u64,
+    pub headers: Vec<(String, String)>,
+    pub body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>,
+}
+
+impl fmt::Debug for SharedCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCopy")
+            .field("len", &self.len)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Committed artifacts and the sum of their lengths (chunk framing and in-progress fills excluded).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -209,18 +227,55 @@ pub trait ArtifactStore: Send + Sync + 'static {
     /// dropped since the previous write. Call it periodically and at shutdown.
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// `lookup` then `pin`, so the returned artifact's chunks stay readable for the guard's life.
-    fn lookup_pinned(&self, key: &str) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
-        // A replacement can land between the lookup and the pin; looking again finds the new
-        // record. The bound only guards against a pathological replacement storm.
-        for _ in 0..3 {
-            let Some(meta) = self.lookup(key)? else {
-                return Ok(None);
-            };
-            if let Some(pin) = self.pin(meta.fill) {
-                return Ok(Some((meta, pin)));
-            }
-        }
+    /// The committed artifact under `key` in this store itself, never copied in from another
+    /// tier. The default is [`ArtifactStore::lookup`].
+    fn lookup_here(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        self.lookup(key)
+    }
+
+    /// The artifact under `key` that another tier (the shared bucket) holds, opened for
+    /// streaming, so a caller can be served while it is copied in with
+    /// [`ArtifactStore::begin_copy`]. `Ok(None)` when no other tier has it (the default).
+    fn shared_copy(&self, key: &str) -> Result<Option<SharedCopy>, StoreError> {
+        let _ = key;
         Ok(None)
     }
+
+    /// Starts a fill that copies `key` in from another tier: committed in this store only,
+    /// never written back to where it came from. The default is a plain fill.
+    fn begin_copy(&self, key: &str) -> Result<FillId, StoreError> {
+        self.begin_fill(key)
+    }
+
+    /// `lookup` then `pin`, so the returned artifact's chunks stay readable for the guard's life.
+    fn lookup_pinned(&self, key: &str) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
+        pin_found(self, key, &|key| self.lookup(key))
+    }
+
+    /// `lookup_here` then `pin`.
+    fn lookup_pinned_here(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
+        pin_found(self, key, &|key| self.lookup_here(key))
+    }
+}
+
+/// Pins what `lookup` finds for `key` in `store`.
+fn pin_found<S: ArtifactStore + ?Sized>(
+    store: &S,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Result<Option<ArtifactMeta>, StoreError>,
+) -> Result<Option<(ArtifactMeta, PinGuard)>, StoreError> {
+    // A replacement can land between the lookup and the pin; looking again finds the new
+    // record. The bound only guards against a pathological replacement storm.
+    for _ in 0..3 {
+        let Some(meta) = lookup(key)? else {
+            return Ok(None);
+        };
+        if let Some(pin) = store.pin(meta.fill) {
+            return Ok(Some((meta, pin)));
+        }
+    }
+    Ok(None)
 }

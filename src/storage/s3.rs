@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
@@ -449,15 +450,10 @@ impl Bucket {
         })
     }
 
-    /// Streams the blob `reference` names, calling `sink` with each piece in order.
-    /// `Ok(false)` if the blob is gone.
-    pub fn read_blob(
-        &self,
-        reference: &BlobRef,
-        sink: &mut dyn FnMut(Bytes) -> Result<(), StoreError>,
-    ) -> Result<bool, StoreError> {
-        // Bounded: a slow sink holds the download back instead of buffering the blob.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    /// Starts downloading the blob `reference` names; pieces arrive on the receiver.
+    /// Bounded: a slow reader holds the download back instead of buffering the blob.
+    fn spawn_read(&self, reference: &BlobRef) -> tokio::sync::mpsc::Receiver<Piece> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
         let store = self.store.clone();
         let path = Path::from(reference.blob.as_str());
         self.io.spawn(async move {
@@ -485,6 +481,17 @@ impl Bucket {
             }
             let _ = tx.send(Piece::Done).await;
         });
+        rx
+    }
+
+    /// Streams the blob `reference` names, calling `sink` with each piece in order.
+    /// `Ok(false)` if the blob is gone.
+    pub fn read_blob(
+        &self,
+        reference: &BlobRef,
+        sink: &mut dyn FnMut(Bytes) -> Result<(), StoreError>,
+    ) -> Result<bool, StoreError> {
+        let mut rx = self.spawn_read(reference);
         loop {
             match rx.blocking_recv() {
                 Some(Piece::Data(data)) => sink(data)?,
@@ -496,6 +503,133 @@ impl Bucket {
         }
     }
 
+    /// Opens the blob `reference` names as a stream, once its first bytes (or its end) came:
+    /// `Ok(None)` if the blob is gone. The stream checks the bytes against the reference's
+    /// length and SHA-256 and ends with an error instead of its end if they differ. Call it
+    /// from a blocking thread (it waits for the first piece).
+    pub fn open_blob(
+        &self,
+        reference: &BlobRef,
+    ) -> Result<Option<BoxStream<'static, Result<Bytes, StoreError>>>, StoreError> {
+        let mut rx = self.spawn_read(reference);
+        let first = match rx.blocking_recv() {
+            Some(Piece::Missing) => return Ok(None),
+            Some(Piece::Failed(e)) => return Err(e),
+            None => return Err(io_error("blob download ended early")),
+            Some(first) => first,
+        };
+        let check = BlobCheck {
+            blob: reference.blob.clone(),
+            len: reference.len,
+            sha256: reference.sha256.clone(),
+            seen: 0,
+            hasher: Sha256::new(),
+        };
+        let state = (Some(first), rx, Some(check));
+        let stream = futures_util::stream::unfold(state, |(first, mut rx, check)| async move {
+            let mut check = check?;
+            let piece = match first {
+                Some(piece) => piece,
+                None => rx
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| Piece::Failed(io_error("blob download ended early"))),
+            };
+            match piece {
+                Piece::Data(data) => {
+                    check.seen += data.len() as u64;
+                    check.hasher.update(&data);
+                    if check.seen > check.len {
+                        return Some((Err(check.mismatch()), (None, rx, None)));
+                    }
+                    Some((Ok(data), (None, rx, Some(check))))
+                }
+                Piece::Done => {
+                    let sha256 = hex::encode(check.hasher.finalize_reset());
+                    if check.seen != check.len || sha256 != check.sha256 {
+                        return Some((Err(check.mismatch()), (None, rx, None)));
+                    }
+                    None
+                }
+                Piece::Missing => {
+                    Some((Err(io_error("blob vanished while read")), (None, rx, None)))
+                }
+                Piece::Failed(e) => Some((Err(e), (None, rx, None))),
+            }
+        });
+        Ok(Some(stream.boxed()))
+    }
+
+    /// Deletes blobs that no reference names and that were written more than `grace` ago:
+    /// what fills left that crashed after completing their upload and before committing.
+    /// A blob its key's reference names is never deleted, nor any blob of a key whose
+    /// reference cannot be read (another format). `grace` must exceed the longest fill, since
+    /// a blob is completed just before its reference is committed.
+    pub fn collect_garbage(&self, grace: Duration) -> Result<GcReport, StoreError> {
+        let store = self.store.clone();
+        let blobs = self.path("blobs");
+        let listed: Vec<object_store::ObjectMeta> = self.run(async move {
+            futures_util::TryStreamExt::try_collect(store.list(Some(&blobs)))
+                .await
+                .map_err(io_error)
+        })?;
+        let blobs_prefix = format!("{}/", self.path("blobs").as_ref());
+        let cutoff_ms = i64::try_from(unix_ms().saturating_sub(duration_ms(grace))).unwrap_or(0);
+        let mut report = GcReport::default();
+        // Old blobs by the hash of their key.
+        let mut candidates: std::collections::BTreeMap<String, Vec<(String, u64)>> =
+            std::collections::BTreeMap::new();
+        for meta in listed {
+            report.blobs += 1;
+            let location = meta.location.as_ref().to_owned();
+            let Some((hash, _)) = location
+                .strip_prefix(&blobs_prefix)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            if meta.last_modified.timestamp_millis() > cutoff_ms {
+                report.young += 1;
+                continue;
+            }
+            candidates
+                .entry(hash.to_owned())
+                .or_default()
+                .push((location, meta.size));
+        }
+        for (hash, blobs) in candidates {
+            let store = self.store.clone();
+            let path = self.path(&format!("refs/{hash}"));
+            let raw = self.run(async move {
+                match store.get(&path).await {
+                    Ok(result) => Ok(Some(result.bytes().await.map_err(io_error)?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(io_error(e)),
+                }
+            })?;
+            let named = match raw {
+                None => None,
+                Some(raw) => match serde_json::from_slice::<BlobRef>(&raw) {
+                    Ok(reference) => Some(reference.blob),
+                    Err(_) => {
+                        report.referenced += blobs.len() as u64;
+                        continue;
+                    }
+                },
+            };
+            for (blob, size) in blobs {
+                if named.as_deref() == Some(blob.as_str()) {
+                    report.referenced += 1;
+                    continue;
+                }
+                self.delete_object(&blob)?;
+                report.deleted += 1;
+                report.deleted_bytes += size;
+            }
+        }
+        Ok(report)
+    }
+
     /// Takes the lease of `key` for `ttl` if nobody holds it or its holder let it lapse.
     /// Returns the lease's version to renew or release it with.
     pub fn try_lease(
@@ -503,7 +637,7 @@ impl Bucket {
         key: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<Option<LeaseVersion>, StoreError> {
+    ) -> Result<Option<Taken>, StoreError> {
         let store = self.store.clone();
         let path = self.lease_path(key);
         let lease = Lease {
@@ -520,7 +654,12 @@ impl Bucket {
                 )
                 .await;
             match created {
-                Ok(put) => return Ok(Some(LeaseVersion::from(put))),
+                Ok(put) => {
+                    return Ok(Some(Taken {
+                        version: LeaseVersion::from(put),
+                        took_over: false,
+                    }))
+                }
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {}
                 Err(e) => return Err(io_error(e)),
@@ -551,7 +690,10 @@ impl Bucket {
                 )
                 .await
             {
-                Ok(put) => Ok(Some(LeaseVersion::from(put))),
+                Ok(put) => Ok(Some(Taken {
+                    version: LeaseVersion::from(put),
+                    took_over: true,
+                })),
                 Err(object_store::Error::Precondition { .. })
                 | Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -628,6 +770,46 @@ enum Piece {
     Done,
     Missing,
     Failed(StoreError),
+}
+
+/// A lease this replica just took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub version: LeaseVersion,
+    /// The lease was held by another replica that let it lapse (it died or hung mid-fill).
+    pub took_over: bool,
+}
+
+/// What a garbage collection of the bucket's blobs found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Blobs listed.
+    pub blobs: u64,
+    /// Blobs within the grace period, left alone.
+    pub young: u64,
+    /// Older blobs that a reference names (or might: an unreadable reference), kept.
+    pub referenced: u64,
+    /// Blobs no reference names, deleted.
+    pub deleted: u64,
+    pub deleted_bytes: u64,
+}
+
+/// What a streamed blob must add up to.
+struct BlobCheck {
+    blob: String,
+    len: u64,
+    sha256: String,
+    seen: u64,
+    hasher: Sha256,
+}
+
+impl BlobCheck {
+    fn mismatch(&self) -> StoreError {
+        StoreError::Corrupt {
+            key_or_fill: format!("shared blob {}", self.blob),
+            detail: "length or SHA-256 disagrees with its reference".to_owned(),
+        }
+    }
 }
 
 /// The version of a lease object this replica wrote.
@@ -847,9 +1029,11 @@ mod tests {
             .try_lease("other", "replica-a", Duration::ZERO)
             .unwrap();
         let lapsed = lapsed.unwrap();
+        assert!(!lapsed.took_over);
+        let lapsed = lapsed.version;
         std::thread::sleep(Duration::from_millis(5));
         let taken = bucket.try_lease("other", "replica-b", long).unwrap();
-        assert!(taken.is_some());
+        assert!(taken.as_ref().is_some_and(|t| t.took_over));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -858,7 +1042,7 @@ mod tests {
             .block_on(bucket.renew_lease("other", "replica-a", &lapsed, long))
             .unwrap();
         assert_eq!(renewed, None);
-        let taken = taken.unwrap();
+        let taken = taken.unwrap().version;
         let renewed = runtime
             .block_on(bucket.renew_lease("other", "replica-b", &taken, long))
             .unwrap();

@@ -9,6 +9,9 @@
 //!
 //! A lookup that misses locally follows the bucket's reference and copies the blob into the
 //! local store, where the usual commit checks it again; from then on it is a local hit. The
+//! artifact service instead asks for the bucket's copy as a stream (`shared_copy`) and
+//! copies it in as a local-only fill (`begin_copy`) while its caller reads it, so a large
+//! blob's first byte does not wait for the whole copy. The
 //! bucket being unreachable never fails a call that the local store can answer: it only
 //! turns would-be bucket hits into misses and leaves new artifacts local to this replica.
 
@@ -19,10 +22,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 
-use super::s3::{BlobRef, BlobUpload, Bucket, LeaseVersion, RefCommit};
+use super::s3::{BlobRef, BlobUpload, Bucket, RefCommit, Taken};
 use super::{
     ArtifactMeta, ArtifactStore, ChunkReader, Commit, EvictionPolicy, EvictionReport, FillId,
-    PinGuard, StoreError, Usage,
+    PinGuard, SharedCopy, StoreError, Usage,
 };
 
 /// Counters of the shared tier; the metrics endpoint exposes them.
@@ -38,10 +41,14 @@ pub struct SharedStats {
     pub integrity_conflicts: Counter,
     /// Bucket requests that failed (the local tier carried on).
     pub errors: Counter,
+    /// Fetches that found another replica holding the key's lease and waited for it.
+    pub lease_waits: Counter,
+    /// Leases taken over from a replica that let them lapse (it died or hung mid-fill).
+    pub lease_takeovers: Counter,
 }
 
 impl SharedStats {
-    fn count(counter: &Counter) {
+    pub(crate) fn count(counter: &Counter) {
         counter.inc();
     }
 }
@@ -103,6 +110,15 @@ impl<L: ArtifactStore> TieredStore<L> {
         lock(&self.uploads).remove(&fill)
     }
 
+    /// A reference whose blob is gone (a lifecycle rule, a manual delete) would make every
+    /// replica miss forever: drop it so the next fill commits a fresh one.
+    fn drop_dangling(&self, key: &str, reference: &BlobRef) {
+        tracing::warn!(key, blob = %reference.blob, "shared reference names a missing blob; dropping it");
+        if let Err(e) = self.bucket.delete_ref(key) {
+            self.bucket_failed("dropping a dangling reference", key, &e);
+        }
+    }
+
     /// Copies the artifact `reference` names into the local tier.
     fn copy_from_bucket(
         &self,
@@ -153,12 +169,7 @@ impl<L: ArtifactStore> TieredStore<L> {
         };
         if !found {
             self.local.abort_fill(fill);
-            // A reference whose blob is gone (a lifecycle rule, a manual delete) would make
-            // every replica miss forever: drop it so the next fill commits a fresh one.
-            tracing::warn!(key, blob = %reference.blob, "shared reference names a missing blob; dropping it");
-            if let Err(e) = self.bucket.delete_ref(key) {
-                self.bucket_failed("dropping a dangling reference", key, &e);
-            }
+            self.drop_dangling(key, reference);
             return Ok(None);
         }
         if next_len.is_some() || !pending.is_empty() {
@@ -286,7 +297,7 @@ impl<L: ArtifactStore> TieredStore<L> {
         key: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<Option<LeaseVersion>, StoreError> {
+    ) -> Result<Option<Taken>, StoreError> {
         self.bucket.try_lease(key, holder, ttl)
     }
 
@@ -308,6 +319,46 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
             Some(meta) => Ok(Some(meta)),
             None => self.lookup_shared(key),
         }
+    }
+
+    fn lookup_here(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        self.local.lookup(key)
+    }
+
+    /// The bucket's copy of `key`, streaming; the caller copies it in with `begin_copy`.
+    /// Bucket errors read as "not there" (counted and logged), as in `lookup`.
+    fn shared_copy(&self, key: &str) -> Result<Option<SharedCopy>, StoreError> {
+        let reference = match self.bucket.get_ref(key) {
+            Ok(Some(reference)) => reference,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.bucket_failed("reading a reference", key, &e);
+                return Ok(None);
+            }
+        };
+        match self.bucket.open_blob(&reference) {
+            Ok(Some(body)) => {
+                SharedStats::count(&self.stats.bucket_hits);
+                Ok(Some(SharedCopy {
+                    len: reference.len,
+                    headers: reference.headers,
+                    body,
+                }))
+            }
+            Ok(None) => {
+                self.drop_dangling(key, &reference);
+                Ok(None)
+            }
+            Err(e) => {
+                self.bucket_failed("reading a blob", key, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A copy from the bucket is committed locally only: no upload, no reference.
+    fn begin_copy(&self, key: &str) -> Result<FillId, StoreError> {
+        self.local.begin_fill(key)
     }
 
     fn begin_fill(&self, key: &str) -> Result<FillId, StoreError> {

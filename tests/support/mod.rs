@@ -10,6 +10,7 @@ pub mod fake_gitlab;
 pub mod fixtures;
 pub mod marshal;
 pub mod proxy;
+pub mod proxy_process;
 pub mod recorder;
 pub mod s3_server;
 
