@@ -34,7 +34,12 @@ const CREDENTIAL_PARAMS: [&str; 3] = ["private_token", "job_token", "access_toke
 
 /// The secret the proxy fingerprints credentials with.
 #[derive(Clone)]
-pub struct FingerprintKey(Arc<[u8; 32]>);
+pub struct FingerprintKey {
+    bytes: Arc<[u8; 32]>,
+    /// HMAC already keyed with `bytes`: each fingerprint starts from a copy of it instead of
+    /// hashing the key's inner and outer pads again.
+    keyed: Hmac<Sha256>,
+}
 
 impl fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,7 +52,17 @@ impl FingerprintKey {
     pub fn random() -> FingerprintKey {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        FingerprintKey(Arc::new(key))
+        FingerprintKey::from_bytes(key)
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> FingerprintKey {
+        // new_from_slice accepts keys of any length for HMAC, so this cannot fail.
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&bytes)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        FingerprintKey {
+            bytes: Arc::new(bytes),
+            keyed,
+        }
     }
 
     /// Loads the key from `path`, creating it (mode 0600) on first start, so fingerprints
@@ -61,7 +76,7 @@ impl FingerprintKey {
                         format!("{} must hold exactly 32 bytes", path.display()),
                     )
                 })?;
-                Ok(FingerprintKey(Arc::new(key)))
+                Ok(FingerprintKey::from_bytes(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = FingerprintKey::random();
@@ -73,7 +88,7 @@ impl FingerprintKey {
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
                 let mut file = options.open(path)?;
-                file.write_all(key.0.as_slice())?;
+                file.write_all(key.bytes.as_slice())?;
                 file.sync_all()?;
                 Ok(key)
             }
@@ -118,9 +133,7 @@ impl Caller {
     /// ignores a raw `Authorization`), but fingerprinting all of them is never wrong: two
     /// requests share a decision only if GitLab saw the very same credentials in both.
     pub fn from_request(key: &FingerprintKey, headers: &HeaderMap, query: Option<&str>) -> Caller {
-        // new_from_slice accepts keys of any length for HMAC, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.0.as_slice())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = key.keyed.clone();
         let mut anonymous = true;
         for name in CREDENTIAL_HEADERS {
             for value in headers.get_all(name) {
@@ -380,7 +393,7 @@ mod tests {
             caller(&other, &[("private-token", "glpat-a")], None).fingerprint
         );
         assert!(!format!("{pat:?}").contains("glpat"));
-        assert!(!format!("{key:?}").contains(&hex::encode(key.0.as_slice())));
+        assert!(!format!("{key:?}").contains(&hex::encode(key.bytes.as_slice())));
     }
 
     #[test]
@@ -389,7 +402,13 @@ mod tests {
         let path = dir.path().join("k");
         let a = FingerprintKey::load_or_create(&path).unwrap();
         let b = FingerprintKey::load_or_create(&path).unwrap();
-        assert_eq!(a.0, b.0);
+        assert_eq!(a.bytes, b.bytes);
+        let token = [("private-token", "glpat-a")];
+        assert_eq!(
+            caller(&a, &token, None),
+            caller(&b, &token, None),
+            "a reloaded key fingerprints alike"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
