@@ -12,10 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use rand::RngCore;
-use sha2::Sha256;
+use ring::hmac;
 
 use crate::clock::Clock;
 use crate::route::Api;
@@ -36,9 +35,9 @@ const CREDENTIAL_PARAMS: [&str; 3] = ["private_token", "job_token", "access_toke
 #[derive(Clone)]
 pub struct FingerprintKey {
     bytes: Arc<[u8; 32]>,
-    /// HMAC already keyed with `bytes`: each fingerprint starts from a copy of it instead of
-    /// hashing the key's inner and outer pads again.
-    keyed: Hmac<Sha256>,
+    /// HMAC-SHA-256 already keyed with `bytes` (ring's, with the key's pads hashed once):
+    /// every request is fingerprinted, so this is on the path of every hit.
+    keyed: hmac::Key,
 }
 
 impl fmt::Debug for FingerprintKey {
@@ -56,9 +55,7 @@ impl FingerprintKey {
     }
 
     fn from_bytes(bytes: [u8; 32]) -> FingerprintKey {
-        // new_from_slice accepts keys of any length for HMAC, so this cannot fail.
-        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&bytes)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let keyed = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
         FingerprintKey {
             bytes: Arc::new(bytes),
             keyed,
@@ -133,7 +130,7 @@ impl Caller {
     /// ignores a raw `Authorization`), but fingerprinting all of them is never wrong: two
     /// requests share a decision only if GitLab saw the very same credentials in both.
     pub fn from_request(key: &FingerprintKey, headers: &HeaderMap, query: Option<&str>) -> Caller {
-        let mut mac = key.keyed.clone();
+        let mut mac = hmac::Context::with_key(&key.keyed);
         let mut anonymous = true;
         for name in CREDENTIAL_HEADERS {
             for value in headers.get_all(name) {
@@ -149,15 +146,17 @@ impl Caller {
                 }
             }
         }
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(mac.sign().as_ref());
         Caller {
-            fingerprint: Fingerprint(mac.finalize().into_bytes().into()),
+            fingerprint: Fingerprint(fingerprint),
             anonymous,
         }
     }
 }
 
 /// Length-prefixes each part so that no two different credential sets digest alike.
-fn feed(mac: &mut Hmac<Sha256>, kind: &[u8], name: &[u8], value: &[u8]) {
+fn feed(mac: &mut hmac::Context, kind: &[u8], name: &[u8], value: &[u8]) {
     mac.update(kind);
     for part in [name, value] {
         mac.update(&(part.len() as u64).to_be_bytes());
@@ -394,6 +393,18 @@ mod tests {
         );
         assert!(!format!("{pat:?}").contains("glpat"));
         assert!(!format!("{key:?}").contains(&hex::encode(key.bytes.as_slice())));
+    }
+
+    #[test]
+    fn fingerprints_are_hmac_sha256_of_the_length_prefixed_credentials() {
+        // Computed independently (Python's hmac module): decisions persisted by earlier
+        // versions stay valid only while the construction stays exactly this.
+        let key = FingerprintKey::from_bytes(std::array::from_fn(|i| i as u8));
+        let fingerprint = caller(&key, &[("private-token", "glpat-a")], None).fingerprint;
+        assert_eq!(
+            hex::encode(fingerprint.as_bytes()),
+            "90393ee93af8c7071cec73d9a42630d09bd15f87020a47a33f05b2832a763272"
+        );
     }
 
     #[test]
