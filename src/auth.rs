@@ -12,10 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use rand::RngCore;
-use sha2::Sha256;
+use ring::hmac;
 
 use crate::clock::Clock;
 use crate::route::Api;
@@ -34,7 +33,12 @@ const CREDENTIAL_PARAMS: [&str; 3] = ["private_token", "job_token", "access_toke
 
 /// The secret the proxy fingerprints credentials with.
 #[derive(Clone)]
-pub struct FingerprintKey(Arc<[u8; 32]>);
+pub struct FingerprintKey {
+    bytes: Arc<[u8; 32]>,
+    /// HMAC-SHA-256 already keyed with `bytes` (ring's, with the key's pads hashed once):
+    /// every request is fingerprinted, so this is on the path of every hit.
+    keyed: hmac::Key,
+}
 
 impl fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,7 +51,15 @@ impl FingerprintKey {
     pub fn random() -> FingerprintKey {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        FingerprintKey(Arc::new(key))
+        FingerprintKey::from_bytes(key)
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> FingerprintKey {
+        let keyed = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
+        FingerprintKey {
+            bytes: Arc::new(bytes),
+            keyed,
+        }
     }
 
     /// Loads the key from `path`, creating it (mode 0600) on first start, so fingerprints
@@ -61,7 +73,7 @@ impl FingerprintKey {
                         format!("{} must hold exactly 32 bytes", path.display()),
                     )
                 })?;
-                Ok(FingerprintKey(Arc::new(key)))
+                Ok(FingerprintKey::from_bytes(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = FingerprintKey::random();
@@ -73,7 +85,7 @@ impl FingerprintKey {
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
                 let mut file = options.open(path)?;
-                file.write_all(key.0.as_slice())?;
+                file.write_all(key.bytes.as_slice())?;
                 file.sync_all()?;
                 Ok(key)
             }
@@ -118,9 +130,7 @@ impl Caller {
     /// ignores a raw `Authorization`), but fingerprinting all of them is never wrong: two
     /// requests share a decision only if GitLab saw the very same credentials in both.
     pub fn from_request(key: &FingerprintKey, headers: &HeaderMap, query: Option<&str>) -> Caller {
-        // new_from_slice accepts keys of any length for HMAC, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.0.as_slice())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = hmac::Context::with_key(&key.keyed);
         let mut anonymous = true;
         for name in CREDENTIAL_HEADERS {
             for value in headers.get_all(name) {
@@ -136,15 +146,17 @@ impl Caller {
                 }
             }
         }
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(mac.sign().as_ref());
         Caller {
-            fingerprint: Fingerprint(mac.finalize().into_bytes().into()),
+            fingerprint: Fingerprint(fingerprint),
             anonymous,
         }
     }
 }
 
 /// Length-prefixes each part so that no two different credential sets digest alike.
-fn feed(mac: &mut Hmac<Sha256>, kind: &[u8], name: &[u8], value: &[u8]) {
+fn feed(mac: &mut hmac::Context, kind: &[u8], name: &[u8], value: &[u8]) {
     mac.update(kind);
     for part in [name, value] {
         mac.update(&(part.len() as u64).to_be_bytes());
@@ -380,7 +392,19 @@ mod tests {
             caller(&other, &[("private-token", "glpat-a")], None).fingerprint
         );
         assert!(!format!("{pat:?}").contains("glpat"));
-        assert!(!format!("{key:?}").contains(&hex::encode(key.0.as_slice())));
+        assert!(!format!("{key:?}").contains(&hex::encode(key.bytes.as_slice())));
+    }
+
+    #[test]
+    fn fingerprints_are_hmac_sha256_of_the_length_prefixed_credentials() {
+        // Computed independently (Python's hmac module): decisions persisted by earlier
+        // versions stay valid only while the construction stays exactly this.
+        let key = FingerprintKey::from_bytes(std::array::from_fn(|i| i as u8));
+        let fingerprint = caller(&key, &[("private-token", "glpat-a")], None).fingerprint;
+        assert_eq!(
+            hex::encode(fingerprint.as_bytes()),
+            "90393ee93af8c7071cec73d9a42630d09bd15f87020a47a33f05b2832a763272"
+        );
     }
 
     #[test]
@@ -389,7 +413,13 @@ mod tests {
         let path = dir.path().join("k");
         let a = FingerprintKey::load_or_create(&path).unwrap();
         let b = FingerprintKey::load_or_create(&path).unwrap();
-        assert_eq!(a.0, b.0);
+        assert_eq!(a.bytes, b.bytes);
+        let token = [("private-token", "glpat-a")];
+        assert_eq!(
+            caller(&a, &token, None),
+            caller(&b, &token, None),
+            "a reloaded key fingerprints alike"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

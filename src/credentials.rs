@@ -31,6 +31,11 @@ pub fn translate(api: Api, headers: &mut HeaderMap) {
     let (Some(value), None) = (values.next(), values.next()) else {
         return;
     };
+    if api == Api::Go && !may_name_job_token_user(value) {
+        // The only Basic credentials Go's API needs moved; every other Go caller stops here
+        // without decoding anything.
+        return;
+    }
     let Some((user, password)) = basic(value) else {
         return;
     };
@@ -59,6 +64,19 @@ pub fn translate(api: Api, headers: &mut HeaderMap) {
             headers.insert("job-token", job_token);
         }
     }
+}
+
+/// Whether a value could be `Basic` credentials of [`JOB_TOKEN_USER`]: their base64 then
+/// starts with that user's own encoding, since its 15 bytes are whole base64 groups.
+fn may_name_job_token_user(value: &HeaderValue) -> bool {
+    /// `gitlab-ci-token` in base64.
+    const ENCODED_USER: &[u8] = b"Z2l0bGFiLWNpLXRva2Vu";
+    let text = value.as_bytes().trim_ascii();
+    let Some(space) = text.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (scheme, encoded) = text.split_at(space);
+    scheme.eq_ignore_ascii_case(b"basic") && encoded.trim_ascii().starts_with(ENCODED_USER)
 }
 
 /// `(user, password)` of an `Authorization: Basic …` value, split at the first `:`.
@@ -120,6 +138,16 @@ mod tests {
         assert_eq!(translated(Api::Go, pat.clone()), pat);
         let empty = basic_header("gitlab-ci-token:");
         assert_eq!(translated(Api::Go, empty.clone()), empty);
+        let longer = basic_header("gitlab-ci-tokens:glcbt-123");
+        assert_eq!(translated(Api::Go, longer.clone()), longer);
+        // Any spelling of the scheme, and spaces around the credentials, as `basic` takes them.
+        let encoded = base64::engine::general_purpose::STANDARD.encode("gitlab-ci-token:glcbt-9");
+        let mut spaced = HeaderMap::new();
+        spaced.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!(" bAsIc   {encoded} ")).unwrap(),
+        );
+        assert_eq!(translated(Api::Go, spaced)["job-token"], "glcbt-9");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! pieces before it stops asking for more (the listener's write buffer limit). Pieces are
 //! read straight from the page cache on the runtime thread when the OS can promise that the
 //! read will not block (`preadv2` with `RWF_NOWAIT` on Linux), and on the blocking pool
-//! otherwise; each chunk is opened on the blocking pool. Every piece read from disk goes
+//! otherwise; chunks are opened the same way (`openat2` with `RESOLVE_CACHED`). Every piece read from disk goes
 //! through its chunk's CRC, checked when the chunk's last piece is read.
 
 use std::collections::VecDeque;
@@ -222,18 +222,22 @@ impl Reader {
             }
         }
         let index = self.next;
-        let (store, fill) = (self.store.clone(), self.fill);
-        let opened =
-            tokio::task::spawn_blocking(move || store.inner().open_chunk(fill, index)).await;
+        // From the kernel's caches on this thread when that cannot block, as pieces are read.
+        let opened = match self.store.inner().open_chunk_cached(self.fill, index) {
+            Some(opened) => opened,
+            None => {
+                let (store, fill) = (self.store.clone(), self.fill);
+                tokio::task::spawn_blocking(move || store.inner().open_chunk(fill, index)).await?
+            }
+        };
         match opened {
-            Ok(Ok(Some(chunk))) => {
+            Ok(Some(chunk)) => {
                 self.chunk = Some(chunk);
                 self.next += 1;
                 Ok(true)
             }
-            Ok(Ok(None)) => Err(format!("chunk {index} of {} vanished", self.key).into()),
-            Ok(Err(e)) => Err(self.failed(e).await),
-            Err(e) => Err(e.into()),
+            Ok(None) => Err(format!("chunk {index} of {} vanished", self.key).into()),
+            Err(e) => Err(self.failed(e).await),
         }
     }
 

@@ -35,7 +35,21 @@ pub(super) async fn authorize(
     headers: &Forward<'_>,
     head: bool,
 ) -> Result<Authorized, Error> {
-    match state.gate.standing(decision).await {
+    let standing = state.gate.standing(decision).await;
+    authorize_as(state, route, decision, standing, headers, head).await
+}
+
+/// [`authorize`] for a caller whose standing the handler has just looked up itself, so that
+/// a hit costs one lookup of the decision, with the same refresh ahead.
+pub(super) async fn authorize_as(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    standing: Standing,
+    headers: &Forward<'_>,
+    head: bool,
+) -> Result<Authorized, Error> {
+    match standing {
         Standing::Trusted => {
             state.metrics.auth(AuthResult::Remembered);
             return Ok(Authorized::Yes(None));

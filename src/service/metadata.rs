@@ -11,10 +11,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::authorize::{authorize, confirmed_earlier, Authorized};
+use super::authorize::{authorize, authorize_as, confirmed_earlier, Authorized};
 use super::relay::{body_error, fetch, get, relay, Fetched, Forward};
 use super::Handled;
-use crate::auth::DecisionKey;
+use crate::auth::{DecisionKey, Standing};
 use crate::body::{self, collect_limited, Collected, Prefixed};
 use crate::cache::flight::Flight;
 use crate::cache::memory::{CachedResponse, Lookup};
@@ -56,10 +56,12 @@ pub(super) async fn metadata(
     let cached = state.memory.get(&key).await;
     if let Some(Lookup { response, age }) = &cached {
         let usable = *age < cache.metadata_max_stale;
+        // One lookup of the decision serves both questions below.
+        let standing = state.gate.standing(decision).await;
         // A route that is its own probe is simply fetched again for an unknown caller.
-        let known = !route.is_own_probe() || state.gate.is_accepted(decision).await;
+        let known = !route.is_own_probe() || standing != Standing::Unknown;
         if usable && known && is_current(state, route, response) {
-            return match authorize(state, route, decision, &headers, head).await? {
+            return match authorize_as(state, route, decision, standing, &headers, head).await? {
                 Authorized::Yes(took) => {
                     let outcome = if *age >= cache.metadata_ttl {
                         refresh_in_background(state, route, &key, &headers);

@@ -183,19 +183,19 @@ fn corrupt((fill, index): (FillId, u32), detail: String) -> StoreError {
 }
 
 #[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+pub(super) fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::read_at(file, buf, at)
 }
 
 #[cfg(not(unix))]
-fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+pub(super) fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, at)
 }
 
 /// `preadv2(RWF_NOWAIT)`: the read happens only if the data is in the page cache. `None`
 /// when it is not, or when the kernel or filesystem cannot promise not to block.
 #[cfg(target_os = "linux")]
-fn read_at_nowait(file: &File, buf: &mut [u8], at: u64) -> Option<io::Result<usize>> {
+pub(super) fn read_at_nowait(file: &File, buf: &mut [u8], at: u64) -> Option<io::Result<usize>> {
     use rustix::io::{preadv2, Errno, ReadWriteFlags};
     match preadv2(
         file,
@@ -212,7 +212,7 @@ fn read_at_nowait(file: &File, buf: &mut [u8], at: u64) -> Option<io::Result<usi
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_at_nowait(_: &File, _: &mut [u8], _: u64) -> Option<io::Result<usize>> {
+pub(super) fn read_at_nowait(_: &File, _: &mut [u8], _: u64) -> Option<io::Result<usize>> {
     None
 }
 

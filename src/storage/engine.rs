@@ -87,6 +87,17 @@ pub trait Backend: Send + Sync + 'static {
         })?;
         Ok(Some(ChunkReader::checked(data, fill, index)))
     }
+    /// `open_chunk` without disk I/O, or `None` when it would need some (see
+    /// [`ArtifactStore::open_chunk_cached`]).
+    fn open_chunk_cached(
+        &self,
+        key: &[u8],
+        fill: FillId,
+        index: u32,
+    ) -> Option<Result<Option<ChunkReader>, StoreError>> {
+        let _ = (key, fill, index);
+        None
+    }
     /// Unique across restarts.
     fn generate_id(&self) -> Result<u64, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
@@ -582,6 +593,18 @@ impl<B: Backend> ArtifactStore for Engine<B> {
         }
         self.backend()
             .open_chunk(&codec::chunk_key(fill, index), fill, index)
+    }
+
+    fn open_chunk_cached(
+        &self,
+        fill: FillId,
+        index: u32,
+    ) -> Option<Result<Option<ChunkReader>, StoreError>> {
+        if !self.state().fills.contains_key(&fill) {
+            return Some(Ok(None));
+        }
+        self.backend()
+            .open_chunk_cached(&codec::chunk_key(fill, index), fill, index)
     }
 
     fn touch_if_current(&self, key: &str, fill: FillId) -> bool {

@@ -174,6 +174,18 @@ pub trait ArtifactStore: Send + Sync + 'static {
             .map(|data| ChunkReader::checked(data, fill, index)))
     }
 
+    /// [`ArtifactStore::open_chunk`] only if it needs no disk I/O (the chunk's name and header
+    /// are in the kernel's caches), so that it may run on an async thread; `None` when it
+    /// would block or the store cannot tell: then `open_chunk`, where blocking is allowed.
+    fn open_chunk_cached(
+        &self,
+        fill: FillId,
+        index: u32,
+    ) -> Option<Result<Option<ChunkReader>, StoreError>> {
+        let _ = (fill, index);
+        None
+    }
+
     /// Records a use of `key` if it is still committed as `fill`: false once it was removed,
     /// evicted or replaced. Only touches memory. This is how copies kept outside the store
     /// (the artifact memory tier) learn that theirs is gone; a store that cannot tell

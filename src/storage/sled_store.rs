@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use super::chunk_reader;
 use super::codec;
 use super::engine::{Backend, Engine, Tree};
 use super::{ChunkReader, FillId, StoreError};
@@ -196,32 +197,46 @@ impl Backend for SledBackend {
         fill: FillId,
         index: u32,
     ) -> Result<Option<ChunkReader>, StoreError> {
-        use std::io::Read;
-        let mut file = match std::fs::File::open(self.chunk_path(key)?) {
+        let file = match std::fs::File::open(self.chunk_path(key)?) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let corrupt = |detail: String| StoreError::Corrupt {
-            key_or_fill: format!("fill {fill} chunk {index}"),
-            detail,
-        };
-        let size = file.metadata()?.len();
-        let mut header = [0; codec::CHUNK_HEADER_LEN];
-        if size < header.len() as u64 {
-            return Err(corrupt(format!("chunk too short ({size} bytes)")));
+        match chunk_from_file(file, fill, index, false) {
+            Some(opened) => opened.map(Some),
+            None => Err(StoreError::Io("chunk header unreadable".to_owned())),
         }
-        file.read_exact(&mut header)?;
-        let crc = codec::decode_chunk_header(&header).map_err(corrupt)?;
-        let offset = header.len() as u64;
-        Ok(Some(ChunkReader::file(
-            file,
-            offset,
-            size - offset,
-            crc,
-            fill,
-            index,
-        )))
+    }
+
+    /// `openat2(RESOLVE_CACHED)`: the path is resolved from the dentry cache only, and the
+    /// header is read only from the page cache; anything that would wait for the disk (or a
+    /// kernel without `RESOLVE_CACHED`) answers `None`.
+    #[cfg(target_os = "linux")]
+    fn open_chunk_cached(
+        &self,
+        key: &[u8],
+        fill: FillId,
+        index: u32,
+    ) -> Option<Result<Option<ChunkReader>, StoreError>> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+        use rustix::io::Errno;
+        let path = match self.chunk_path(key) {
+            Ok(path) => path,
+            Err(e) => return Some(Err(e)),
+        };
+        let fd = match openat2(
+            CWD,
+            &path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::CACHED,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Some(Ok(None)),
+            // AGAIN: resolving needs I/O; NOSYS/INVAL: no `RESOLVE_CACHED` here.
+            Err(_) => return None,
+        };
+        chunk_from_file(std::fs::File::from(fd), fill, index, true).map(|opened| opened.map(Some))
     }
 
     fn generate_id(&self) -> Result<u64, StoreError> {
@@ -236,6 +251,55 @@ impl Backend for SledBackend {
     fn available_space(&self) -> Result<Option<u64>, StoreError> {
         Ok(Some(fs4::available_space(&self.path)?))
     }
+}
+
+/// A chunk reader over an opened chunk file, after its framed header. With `cached_only`,
+/// `None` if the header is not in the page cache; otherwise always `Some`.
+fn chunk_from_file(
+    file: std::fs::File,
+    fill: FillId,
+    index: u32,
+    cached_only: bool,
+) -> Option<Result<ChunkReader, StoreError>> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key_or_fill: format!("fill {fill} chunk {index}"),
+        detail,
+    };
+    let size = match file.metadata() {
+        Ok(metadata) => metadata.len(),
+        Err(e) => return Some(Err(e.into())),
+    };
+    let mut header = [0; codec::CHUNK_HEADER_LEN];
+    if size < header.len() as u64 {
+        return Some(Err(corrupt(format!("chunk too short ({size} bytes)"))));
+    }
+    let mut filled = 0;
+    while filled < header.len() {
+        let read = if cached_only {
+            chunk_reader::read_at_nowait(&file, &mut header[filled..], filled as u64)?
+        } else {
+            chunk_reader::read_at(&file, &mut header[filled..], filled as u64)
+        };
+        match read {
+            Ok(0) => return Some(Err(corrupt("chunk header cut short".to_owned()))),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Err(e.into())),
+        }
+    }
+    let crc = match codec::decode_chunk_header(&header) {
+        Ok(crc) => crc,
+        Err(detail) => return Some(Err(corrupt(detail))),
+    };
+    let offset = header.len() as u64;
+    Some(Ok(ChunkReader::file(
+        file,
+        offset,
+        size - offset,
+        crc,
+        fill,
+        index,
+    )))
 }
 
 #[cfg(test)]

@@ -442,6 +442,14 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
         self.local.open_chunk(fill, index)
     }
 
+    fn open_chunk_cached(
+        &self,
+        fill: FillId,
+        index: u32,
+    ) -> Option<Result<Option<ChunkReader>, StoreError>> {
+        self.local.open_chunk_cached(fill, index)
+    }
+
     /// Readers always read the hot tier, so its fill is the one a memory copy must match.
     fn touch_if_current(&self, key: &str, fill: FillId) -> bool {
         self.local.touch_if_current(key, fill)
