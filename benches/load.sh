@@ -24,6 +24,13 @@
 # gitlab-pkg-cache and fake_gitlab>, KEEP_WORK=1 to keep the temporary directory, OUT (a
 # directory to copy the raw results and logs to).
 #
+# AUTH_TTLS="30s 300s" (two or more `auth_ttl` values) measures the decision bound instead
+# of the comparison with nginx: one proxy per value, each given GITLAB_PKG_CACHE_AUTH_TTL
+# (ports PROXY_PORT+10, +11, ...), the same warm scenarios (SCENARIOS, default "info") with
+# the same caller, interleaved per round (A B, then B A, ...), counting what reached GitLab
+# during each run (for Go routes the authorization probe is the module's @v/list). Use a
+# DURATION of 20s or more so that decisions age into their refresh window during the runs.
+#
 # PROFILE="info gem_20mb" (any scenarios) adds, after the measured runs, one run per named
 # scenario at the first CONNECTIONS value with `perf record -e cpu-clock -g` attached to the
 # proxy, and writes `perf report` of it to profile-<scenario>.txt (not part of the numbers:
@@ -96,6 +103,7 @@ WORK=$(mktemp -d -t gpc-load.XXXXXX)
 # nginx workers run as an unprivileged user and must reach the cache below this directory.
 chmod 755 "$WORK"
 FAKE_PID="" PROXY_PID="" NGINX_PID="" SAMPLER_PID=""
+AUTH_PIDS=()
 
 stop() {
     local pid=$1
@@ -112,6 +120,7 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop "$SAMPLER_PID"
+    for pid in "${AUTH_PIDS[@]}"; do stop "$pid"; done
     stop "$NGINX_PID"
     stop "$PROXY_PID"
     stop "$FAKE_PID"
@@ -238,6 +247,129 @@ upstream_hits() { curl -sf "$FAKE_URL/-/hits${1:+?prefix=$1}"; }
     echo "wrk: $(wrk --version 2>&1 | head -1 | awk '{print $2}')"
     echo "proxy: $("$PROXY_BIN" --version)"
 } | tee "$WORK/machine.log" >&2
+
+# --- decision bound (AUTH_TTLS) ----------------------------------------------------------
+if [[ -n ${AUTH_TTLS:-} ]]; then
+    read -r -a TTLS <<<"$AUTH_TTLS"
+    ((${#TTLS[@]} >= 2)) || die "AUTH_TTLS needs two or more values"
+    read -r -a TTL_SCENARIOS <<<"${SCENARIOS:-info}"
+    declare -A TTL_PATHS=([list]=$GO/list [info]=$GO/v1.0.0.info [mod]=$GO/v1.0.0.mod)
+    TTL_URLS=()
+    for i in "${!TTLS[@]}"; do
+        port=$((PROXY_PORT + 10 + i))
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port is already in use on 127.0.0.1 (set PROXY_PORT)"
+        fi
+        log "starting gitlab-pkg-cache with auth_ttl ${TTLS[$i]} on 127.0.0.1:$port"
+        GITLAB_PKG_CACHE_LISTEN=127.0.0.1:$port \
+            GITLAB_PKG_CACHE_UPSTREAM=$FAKE_URL \
+            GITLAB_PKG_CACHE_DATA_DIR=$WORK/proxy-data-ttl-$i \
+            GITLAB_PKG_CACHE_AUTH_TTL=${TTLS[$i]} \
+            "$PROXY_BIN" serve >"$WORK/proxy-ttl-$i.log" 2>&1 &
+        AUTH_PIDS+=($!)
+        TTL_URLS+=("http://127.0.0.1:$port")
+        wait_for "${TTL_URLS[$i]}/-/healthz" "gitlab-pkg-cache (auth_ttl ${TTLS[$i]})" "${AUTH_PIDS[$i]}"
+    done
+    for i in "${!TTLS[@]}"; do
+        for name in "${TTL_SCENARIOS[@]}"; do
+            path=${TTL_PATHS[$name]:-}
+            [[ -n $path ]] || die "AUTH_TTLS: scenario $name is not one of ${!TTL_PATHS[*]}"
+            status=""
+            for _ in $(seq 50); do
+                status=$(curl -s -o /dev/null -D - -H "$AUTH" "${TTL_URLS[$i]}$path" |
+                    awk 'tolower($1) == "x-cache:" {print $2}' | tr -d '\r')
+                [[ $status == hit ]] && break
+                sleep 0.1
+            done
+            [[ $status == hit ]] || die "${TTL_URLS[$i]}$path is not a hit after warming"
+        done
+    done
+    cat >"$WORK/ttl-report.lua" <<'EOF'
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("RESULT %d %d %d %.0f %.0f\n", summary.requests, summary.duration,
+        e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50),
+        latency:percentile(99)))
+end
+EOF
+    TTL_RESULTS=$WORK/auth-ttl.tsv
+    printf 'scenario\tconnections\tauth_ttl\tround\trequests\tduration_us\terrors\tp50_us\tp99_us\tprobes\tupstream_requests\tload1\n' >"$TTL_RESULTS"
+    log "decision bound: auth_ttl {${TTLS[*]}} x ${TTL_SCENARIOS[*]} x connections {$CONNECTIONS}, $DURATION each, $ROUNDS rounds"
+    for name in "${TTL_SCENARIOS[@]}"; do
+        for conns in $CONNECTIONS; do
+            for round in $(seq "$ROUNDS"); do
+                order=("${!TTLS[@]}")
+                if ((round % 2 == 0)); then
+                    order=()
+                    for ((i = ${#TTLS[@]} - 1; i >= 0; i--)); do order+=("$i"); done
+                fi
+                for i in "${order[@]}"; do
+                    probes0=$(upstream_hits "$GO/list")
+                    all0=$(upstream_hits)
+                    out=$(wrk -t "$THREADS" -c "$conns" -d "$DURATION" --timeout 30s --latency \
+                        -s "$WORK/ttl-report.lua" -H "$AUTH" "${TTL_URLS[$i]}${TTL_PATHS[$name]}")
+                    probes=$(($(upstream_hits "$GO/list") - probes0))
+                    all=$(($(upstream_hits) - all0))
+                    echo "$out" >>"$WORK/wrk.log"
+                    line=$(grep '^RESULT ' <<<"$out") || die "no wrk result for auth_ttl ${TTLS[$i]}"
+                    read -r _ requests duration errors p50 p99 <<<"$line"
+                    load1=$(cut -d' ' -f1 /proc/loadavg)
+                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$conns" \
+                        "${TTLS[$i]}" "$round" "$requests" "$duration" "$errors" "$p50" "$p99" \
+                        "$probes" "$all" "$load1" >>"$TTL_RESULTS"
+                    printf '    auth_ttl %-5s %-5s c=%-4s round %s: %8.0f req/s  p99 %s ms  errors %s  GitLab asked %s (probes %s)  load %s\n' \
+                        "${TTLS[$i]}" "$name" "$conns" "$round" \
+                        "$(awk -v r="$requests" -v d="$duration" 'BEGIN{print r/d*1e6}')" \
+                        "$(awk -v p="$p99" 'BEGIN{printf "%.2f", p/1000}')" \
+                        "$errors" "$all" "$probes" "$load1" >&2
+                done
+            done
+        done
+    done
+    echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WORK/machine.log" >&2
+    echo
+    echo "## Decision bound (wrk -t$THREADS, $DURATION per run, $ROUNDS interleaved rounds)"
+    echo
+    echo "Ratio: req/s with auth_ttl ${TTLS[0]} over ${TTLS[1]} in the same round (back-to-back runs)."
+    echo
+    echo "| scenario | conns | auth_ttl | mean req/s | mean p99 ms | client requests | GitLab requests (probes) | errors | req/s ratio ${TTLS[0]}/${TTLS[1]} per round: mean (min–max) |"
+    echo "|---|---:|---|---:|---:|---:|---|---:|---|"
+    awk -F'\t' -v a="${TTLS[0]}" -v b="${TTLS[1]}" '
+        NR == 1 { next }
+        {
+            k = $1 SUBSEP $2
+            if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+            t = $3
+            if (!((k, t) in runs)) { ttls[k, ++nt[k]] = t }
+            rps[k, t] += $5 / $6 * 1e6; p99[k, t] += $9 / 1000; runs[k, t]++
+            reqs[k, t] += $5; probes[k, t] += $10; all[k, t] += $11; err[k, t] += $7
+            round_rps[k, $4, t] = $5 / $6 * 1e6
+            if (!((k, $4) in rounds)) { rounds[k, $4] = 1; round_list[k, ++nr[k]] = $4 }
+        }
+        END {
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, parts, SUBSEP)
+                sum = 0; cnt = 0; lo = 1e9; hi = 0
+                for (j = 1; j <= nr[k]; j++) {
+                    r = round_list[k, j]
+                    if (round_rps[k, r, b] > 0) {
+                        ratio = round_rps[k, r, a] / round_rps[k, r, b]
+                        sum += ratio; cnt++
+                        if (ratio < lo) lo = ratio
+                        if (ratio > hi) hi = ratio
+                    }
+                }
+                for (j = 1; j <= nt[k]; j++) {
+                    t = ttls[k, j]
+                    cell = (j == 1 && cnt > 0) ? sprintf("%.2f (%.2f–%.2f)", sum / cnt, lo, hi) : ""
+                    printf "| %s | %s | %s | %.0f | %.2f | %d | %d (%d) | %d | %s |\n",
+                        parts[1], parts[2], t, rps[k, t] / runs[k, t], p99[k, t] / runs[k, t],
+                        reqs[k, t], all[k, t], probes[k, t], err[k, t], cell
+                }
+            }
+        }' "$TTL_RESULTS"
+    exit 0
+fi
 
 # --- warm-up -----------------------------------------------------------------------------
 declare -A PATHS=(

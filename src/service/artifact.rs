@@ -65,17 +65,22 @@ pub(super) async fn artifact(
                 None if head => return Ok(kept_response(&kept, body::empty(), took)),
                 None => {
                     if let Some(pin) = store.pin(kept.fill) {
-                        // Its first chunk was checked when it was kept (or written by the fill
-                        // that kept it): every chunk is still checked against its CRC as it is
-                        // read, but not read twice ahead of the answer.
-                        let reader = Reader::committed_parts(
+                        // The first chunk is checked before answering, so chunk files that
+                        // vanished or were damaged since are fetched again instead of failing
+                        // the response part-way.
+                        let mut reader = Reader::committed_parts(
                             &state.fills,
                             key.clone(),
                             kept.fill,
                             kept.chunk_count,
                             pin,
                         );
-                        return Ok(kept_response(&kept, reader.into_body(), took));
+                        match reader.check_first().await {
+                            Ok(()) => return Ok(kept_response(&kept, reader.into_body(), took)),
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "stored artifact unreadable; fetching again")
+                            }
+                        }
                     }
                 }
             }
