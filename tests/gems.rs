@@ -454,7 +454,11 @@ async fn dependency_gitlab() -> FakeGitLab {
         .gem(PRIVATE, gem("dep_a", "1.0.0", &[("dep_b", ">= 1.0")]))
         .gem(
             PRIVATE,
-            gem("dep_a", "1.1.0", &[("dep_b", "~> 1.0, >= 1.0.2"), ("rake", ">= 13")]),
+            gem(
+                "dep_a",
+                "1.1.0",
+                &[("dep_b", "~> 1.0, >= 1.0.2"), ("rake", ">= 13")],
+            ),
         )
         .gem(PRIVATE, gem("dep_b", "1.0.2", &[]))
         .gem(PRIVATE, gem("dep_c", "0.1.0", &[("dep_a", "= 1.1.0")]))
@@ -542,13 +546,22 @@ async fn overlapping_dependency_batches_ask_gitlab_only_for_missing_names() {
     ];
     for (caller, batch, asked) in steps {
         let before = all_dependency_hits(&fake);
-        let proxied = get(&proxy.url(), &deps_path(batch), &[("authorization", caller)]).await;
+        let proxied = get(
+            &proxy.url(),
+            &deps_path(batch),
+            &[("authorization", caller)],
+        )
+        .await;
         assert_eq!(proxied.status, 200, "{batch}: {}", proxied.text());
         let after = all_dependency_hits(&fake);
         match asked {
             Some(names) => {
                 assert_eq!(after - before, 1, "{batch}: one GitLab call");
-                assert_eq!(dependency_hits(&fake, names), 1, "{batch}: asked for {names}");
+                assert_eq!(
+                    dependency_hits(&fake, names),
+                    1,
+                    "{batch}: asked for {names}"
+                );
                 assert_eq!(proxied.header("x-cache"), Some("miss"));
             }
             None => {
@@ -604,10 +617,7 @@ async fn dependency_batches_keep_gitlab_refusals_and_failures() {
     assert_eq!(warm.status, 200);
 
     // Cached entries are nobody's without GitLab's yes for the caller.
-    for (headers, status) in [
-        (vec![], 404),
-        (vec![("authorization", "glpat-wrong")], 401),
-    ] {
+    for (headers, status) in [(vec![], 404), (vec![("authorization", "glpat-wrong")], 401)] {
         let refused = get(&proxy.url(), &deps_path("dep_a,dep_b"), &headers).await;
         assert_eq!(refused.status, status, "{}", refused.text());
         assert_ne!(refused.body, warm.body);
@@ -622,7 +632,11 @@ async fn dependency_batches_keep_gitlab_refusals_and_failures() {
     .await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.text(), r#"{"message":"nope not found"}"#);
-    assert_eq!(dependency_hits(&fake, "nope"), 1, "only the missing name asked");
+    assert_eq!(
+        dependency_hits(&fake, "nope"),
+        1,
+        "only the missing name asked"
+    );
 
     // GitLab fails while the missing part is asked: an error, not a 404, and not kept.
     fake.set_fault(&format!("{BASE}/api/v1/dependencies"), Fault::Status(500));
@@ -642,7 +656,11 @@ async fn dependency_batches_keep_gitlab_refusals_and_failures() {
     .await;
     assert_eq!(healed.status, 200);
     assert_eq!(healed.header("x-cache"), Some("miss"));
-    assert_eq!(dependency_hits(&fake, "dep_c"), 2, "the failure was not kept");
+    assert_eq!(
+        dependency_hits(&fake, "dep_c"),
+        2,
+        "the failure was not kept"
+    );
 }
 
 /// Per-gem entries obey the project's moment: after a push through the proxy, no batch is
@@ -656,7 +674,9 @@ async fn a_push_makes_cached_dependency_entries_revalidate() {
     let first = get(&proxy.url(), &batch, &developer).await;
     assert_eq!(first.status, 200);
     assert_eq!(
-        get(&proxy.url(), &batch, &developer).await.header("x-cache"),
+        get(&proxy.url(), &batch, &developer)
+            .await
+            .header("x-cache"),
         Some("hit")
     );
     let pushed = client::request(

@@ -1283,7 +1283,11 @@ async fn bundle_installs_the_platform_gem_for_this_machine() {
         GemCredentials::ConfigUserToken,
     )
     .await;
-    assert_eq!(run.described, "gpc_native-1.1.0-x86_64-linux\n", "{}", run.lockfile);
+    assert_eq!(
+        run.described, "gpc_native-1.1.0-x86_64-linux\n",
+        "{}",
+        run.lockfile
+    );
     assert!(
         run.lockfile.contains("gpc_native (1.1.0-x86_64-linux)"),
         "{}",
@@ -1299,7 +1303,10 @@ async fn bundle_installs_the_platform_gem_for_this_machine() {
         &reader,
     )
     .await;
-    assert_eq!(file.body, native, "the bytes GitLab stores as gpc_native-1.1.0.gem");
+    assert_eq!(
+        file.body, native,
+        "the bytes GitLab stores as gpc_native-1.1.0.gem"
+    );
     assert_eq!(
         support::client::get(&format!("{source}/gems/gpc_native-1.0.0-java.gem"), &reader)
             .await

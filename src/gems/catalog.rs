@@ -159,7 +159,11 @@ impl Catalogs {
 
     /// Takes in versions a dependency answer of `project` showed. A project whose catalog
     /// could list new names is built again when next asked for.
-    pub async fn saw<'a>(&self, project: &str, shown: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    pub async fn saw<'a>(
+        &self,
+        project: &str,
+        shown: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
         if self.seen.note(project, shown) {
             self.invalidate(project).await;
         }

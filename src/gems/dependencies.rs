@@ -77,7 +77,9 @@ fn entry(item: &Value) -> Result<Entry, AnswerError> {
             _ => None,
         })
         .collect::<Option<Vec<_>>>()
-        .ok_or(AnswerError::Shape("a dependency is not a name and requirement"))?;
+        .ok_or(AnswerError::Shape(
+            "a dependency is not a name and requirement",
+        ))?;
     Ok(Entry {
         name: text("name")?,
         number: text("number")?,

@@ -47,7 +47,10 @@ pub enum Value {
     },
     /// One Ruby object that appears more than once in the value: every occurrence with the
     /// same `id` is that object. Only written (the reader resolves links to copies).
-    Shared { id: u32, value: Box<Value> },
+    Shared {
+        id: u32,
+        value: Box<Value>,
+    },
 }
 
 impl Value {

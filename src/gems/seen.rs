@@ -56,9 +56,7 @@ impl Seen {
         projects.get(project).map_or_else(Vec::new, |names| {
             names
                 .iter()
-                .flat_map(|(name, versions)| {
-                    versions.iter().map(|v| (name.clone(), v.clone()))
-                })
+                .flat_map(|(name, versions)| versions.iter().map(|v| (name.clone(), v.clone())))
                 .collect()
         })
     }

@@ -111,7 +111,8 @@ pub(super) async fn batch(
             // GitLab read the project's packages for this caller: the gate may say yes.
             state.gate.accept(decision.clone()).await;
             let (parts, incoming) = response.into_parts();
-            let limit = usize::try_from(cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
+            let limit =
+                usize::try_from(cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
             let bytes = match collect_limited(incoming, limit).await.map_err(body_error)? {
                 Collected::Complete(bytes) => bytes,
                 Collected::TooLarge { .. } => {
@@ -153,23 +154,21 @@ pub(super) async fn batch(
             keep_answer(state, decision, batch_key, response, head, took).await
         }
         Fetched::Failed(error) => {
+            // While GitLab fails, entries within the offline grace stand in, for callers
+            // GitLab accepted lately (as for every cached answer).
             let grace = cache.offline_grace;
-            let held = gems.iter().all(|gem| {
-                gem.fresh.is_some() || gem.cached.as_ref().is_some_and(|c| c.age < grace)
-            });
-            if held {
+            for gem in &mut gems {
+                if gem.fresh.is_none() {
+                    gem.fresh = gem
+                        .cached
+                        .as_ref()
+                        .filter(|c| c.age < grace)
+                        .and_then(|c| dependencies::parse(&c.response.body).ok());
+                }
+            }
+            if gems.iter().all(|gem| gem.fresh.is_some()) {
                 confirmed_earlier(state, decision, error).await?;
-                for gem in &mut gems {
-                    if gem.fresh.is_none() {
-                        gem.fresh = gem
-                            .cached
-                            .as_ref()
-                            .and_then(|c| dependencies::parse(&c.response.body).ok());
-                    }
-                }
-                if gems.iter().all(|gem| gem.fresh.is_some()) {
-                    return merged(list, &gems, head, CacheOutcome::Stale, None);
-                }
+                return merged(list, &gems, head, CacheOutcome::Stale, None);
             }
             if let Some(not_found) = remembered_not_found(
                 state,
@@ -213,10 +212,7 @@ async fn look_up(state: &AppState, route: &PackageRoute, distinct: &GemList) -> 
 
 /// The names whose entries must be asked of GitLab, in the batch's order.
 fn missing(distinct: &GemList, gems: &[Gem]) -> GemList {
-    distinct.filtered(|name| {
-        gems.iter()
-            .any(|g| g.name == *name && g.fresh.is_none())
-    })
+    distinct.filtered(|name| gems.iter().any(|g| g.name == *name && g.fresh.is_none()))
 }
 
 /// Whether GitLab's groups are exactly the names it was asked, in order.
@@ -276,9 +272,7 @@ pub(super) async fn saw(state: &AppState, route: &PackageRoute, entries: &[Entry
         .catalogs
         .saw(
             route.project.as_raw(),
-            entries
-                .iter()
-                .map(|e| (e.name.as_str(), e.number.as_str())),
+            entries.iter().map(|e| (e.name.as_str(), e.number.as_str())),
         )
         .await;
 }

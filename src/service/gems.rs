@@ -36,9 +36,7 @@ use crate::state::AppState;
 pub(super) fn has_fallback(route: &PackageRoute) -> bool {
     matches!(
         route.request,
-        PackageRequest::Gem(
-            GemRequest::Gemspec(_) | GemRequest::SpecIndex(_) | GemRequest::Gem(_)
-        )
+        PackageRequest::Gem(GemRequest::Gemspec(_) | GemRequest::SpecIndex(_) | GemRequest::Gem(_))
     )
 }
 

@@ -366,7 +366,11 @@ pub(super) fn took_in(
 }
 
 /// A cached answer from GitLab's headers and body, stamped now (after any [`took_in`]).
-pub(super) fn answer_entry(state: &AppState, headers: &http::HeaderMap, body: Bytes) -> CachedResponse {
+pub(super) fn answer_entry(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> CachedResponse {
     let mut entry = CachedResponse::new(headers, body, state.memory.now_ms());
     entry.validator = headers.get(header::ETAG).cloned();
     entry

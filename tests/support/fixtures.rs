@@ -129,7 +129,11 @@ fn build(
     std::fs::create_dir_all(work.join("lib")).expect("gem work directory");
     let mut spec = gemspec(name, version, deps, dev_deps);
     if let Some(platform) = platform {
-        spec = spec.replacen("\nend\n", &format!("\n  s.platform = {platform:?}\nend\n"), 1);
+        spec = spec.replacen(
+            "\nend\n",
+            &format!("\n  s.platform = {platform:?}\nend\n"),
+            1,
+        );
     }
     std::fs::write(work.join(format!("{name}.gemspec")), spec).expect("write the gemspec");
     let described = match platform {

@@ -30,7 +30,10 @@ pub enum Value {
         data: Box<Value>,
     },
     /// One Ruby object met more than once: every occurrence with the same `id` is it.
-    Shared { id: u32, value: Box<Value> },
+    Shared {
+        id: u32,
+        value: Box<Value>,
+    },
 }
 
 impl Value {
