@@ -110,11 +110,8 @@ pub fn split(entries: Vec<Entry>) -> Option<Vec<(String, Vec<Entry>)>> {
 /// requested twice is listed twice).
 pub fn render(groups: &[(&str, &[Entry])]) -> Result<Vec<u8>, MarshalError> {
     let mut items = Vec::new();
-    let mut next_id = 1u32;
-    for (name, entries) in groups {
-        // Each requested name is one String object, from the split query.
-        let name_id = next_id;
-        next_id += 1;
+    // Each requested name is one String object, from the split query; id 0 is the platform.
+    for (name_id, (name, entries)) in (1u32..).zip(groups) {
         for entry in *entries {
             let platform = if entry.platform == RUBY {
                 Value::Shared {

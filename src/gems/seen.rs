@@ -14,10 +14,13 @@ const MAX_PROJECTS: usize = 10_000;
 /// Name-versions remembered per project at most.
 const MAX_VERSIONS: usize = 20_000;
 
+/// A project's names, each with its versions.
+type Names = BTreeMap<String, BTreeSet<String>>;
+
 /// Per project (as named in the URL), name → versions.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    projects: Arc<Mutex<HashMap<Arc<str>, BTreeMap<String, BTreeSet<String>>>>>,
+    projects: Arc<Mutex<HashMap<Arc<str>, Names>>>,
 }
 
 impl Seen {
