@@ -119,7 +119,10 @@ pub(super) async fn package(
                 CacheOutcome::Hit,
                 None,
             )),
-            None => Ok(not_held()),
+            // Batches are held per gem.
+            None => Ok(super::dependencies::held(state, route, head)
+                .await
+                .unwrap_or_else(not_held)),
         },
         (_, CacheClass::Artifact) => {
             let store = state.fills.store();
