@@ -707,36 +707,3 @@ async fn a_push_makes_cached_dependency_entries_revalidate() {
     let direct = get(&fake.url(), &batch, &developer).await;
     assert_eq!(shown.body, direct.body);
 }
-
-/// Offline mode answers a batch from the entries held per gem (after a restart: they are
-/// kept in the store), and a batch with a name not held is "not held".
-#[tokio::test]
-async fn offline_mode_answers_batches_from_entries_held_per_gem() {
-    let fake = dependency_gitlab().await;
-    let proxy = TestProxy::start(&fake.url()).await;
-    let reader = basic(&format!("__token__:{READER}"));
-    let auth = [("authorization", reader.as_str())];
-    for batch in ["dep_a,dep_b", "dep_b,dep_c"] {
-        assert_eq!(
-            get(&proxy.url(), &deps_path(batch), &auth).await.status,
-            200
-        );
-    }
-    let direct = get(
-        &fake.url(),
-        &deps_path("dep_c,dep_a"),
-        &[("authorization", READER)],
-    )
-    .await;
-    let data_dir = proxy.stop().await;
-    let offline = TestProxy::start_in("http://127.0.0.1:9", data_dir, |c| {
-        c.offline.enabled = true;
-        c.offline.access = gitlab_pkg_cache::airgap::offline::OfflineAccess::Open;
-    })
-    .await;
-    let held = get(&offline.url(), &deps_path("dep_c,dep_a"), &auth).await;
-    assert_eq!(held.status, 200, "{}", held.text());
-    assert_eq!(held.body, direct.body);
-    let not_held = get(&offline.url(), &deps_path("dep_a,dep_d"), &auth).await;
-    assert_eq!(not_held.status, 404);
-}
