@@ -285,19 +285,3 @@ pub(super) async fn saw_answer(state: &AppState, route: &PackageRoute, body: &[u
         }
     }
 }
-
-/// Offline: a batch answered from the entries held for each of its names (whatever their
-/// age; the offline policy has decided for the caller), or `None` unless all are held.
-pub(super) async fn held(state: &AppState, route: &PackageRoute, head: bool) -> Option<Handled> {
-    let PackageRequest::Gem(GemRequest::Dependencies(Some(list))) = &route.request else {
-        return None;
-    };
-    let mut gems = look_up(state, route, &list.distinct()).await;
-    for gem in &mut gems {
-        gem.fresh = gem
-            .cached
-            .as_ref()
-            .and_then(|c| dependencies::parse(&c.response.body).ok());
-    }
-    merged(list, &gems, head, CacheOutcome::Hit, None).ok()
-}

@@ -119,10 +119,7 @@ pub(super) async fn package(
                 CacheOutcome::Hit,
                 None,
             )),
-            // Batches are held per gem.
-            None => Ok(super::dependencies::held(state, route, head)
-                .await
-                .unwrap_or_else(not_held)),
+            None => Ok(not_held()),
         },
         (_, CacheClass::Artifact) => {
             let store = state.fills.store();
