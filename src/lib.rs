@@ -13,7 +13,8 @@
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`state`]: everything built once at start-up.
 //! - [`service`]: the request flow and `x-cache`; a dispatcher over one file per class of
-//!   route (metadata, artifacts, uploads, pass-through) plus the authorization gate.
+//!   route (metadata, dependency batches, artifacts, uploads, pass-through) plus the
+//!   authorization gate.
 //! - [`route`]: the only reader of request URIs; [`protocol`] holds the validated names.
 //! - [`auth`]: credential fingerprints and GitLab's remembered decisions; [`credentials`]
 //!   moves client credentials to where GitLab reads them.
@@ -22,7 +23,8 @@
 //!   piecewise reader of stored artifacts, and cache outcomes.
 //! - [`gems`]: RubyGems formats the proxy writes itself (compact index, gemspecs, spec
 //!   indexes, offline dependency answers) from the gems' own metadata, with the gems GitLab
-//!   lists or, offline, the gems held as the name source.
+//!   lists or, offline, the gems held as the name source; dependency answers split per gem
+//!   and merged back; the gem names each project's dependency API has shown.
 //! - [`integrity`]: first-copy fingerprints (SHA-256, Go `h1:`) and the changes seen since.
 //! - [`freshness`]: when cached metadata stops being current (per-project moments, pushed
 //!   versions awaited from GitLab).

@@ -311,6 +311,33 @@ impl PackageRoute {
         }
     }
 
+    /// The same dependency request for `gems` instead: the path and every other query
+    /// parameter as received (credentials passed in the query go along), `gems=` replaced.
+    pub fn with_gems(&self, gems: &GemList) -> PackageRoute {
+        let names: Vec<&str> = gems.names().iter().map(GemName::as_str).collect();
+        // Validated names need no escaping; the comma is what GitLab splits on.
+        let mut query = format!("gems={}", names.join(","));
+        if let Some(received) = &self.query {
+            let mut others = form_urlencoded::Serializer::new(String::new());
+            let mut any = false;
+            for (key, value) in form_urlencoded::parse(received.as_bytes()) {
+                if key != "gems" {
+                    others.append_pair(&key, &value);
+                    any = true;
+                }
+            }
+            if any {
+                query = format!("{}&{query}", others.finish());
+            }
+        }
+        PackageRoute {
+            project: self.project.clone(),
+            request: PackageRequest::Gem(GemRequest::Dependencies(Some(gems.clone()))),
+            path: self.path.clone(),
+            query: Some(query),
+        }
+    }
+
     /// The cache key of this route's content. It names the project and the resource and holds
     /// nothing else from the query, so no credential passed as a query parameter ends up in it.
     pub fn content_key(&self) -> String {

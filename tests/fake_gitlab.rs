@@ -746,11 +746,14 @@ async fn rubygems_success_answers() {
         dependencies.header("content-type"),
         Some("application/octet-stream")
     );
+    // GitLab shares two objects, which Marshal writes once and then links: the requested
+    // name (one per name asked) and the frozen `DEFAULT_PLATFORM`.
+    let ruby = || Value::shared(0, Value::str("ruby"));
     let entry = |version: &str, dependencies: Vec<Value>| {
         Value::Hash(vec![
-            (Value::sym("name"), Value::str("foo")),
+            (Value::sym("name"), Value::shared(2, Value::str("foo"))),
             (Value::sym("number"), Value::str(version)),
-            (Value::sym("platform"), Value::str("ruby")),
+            (Value::sym("platform"), ruby()),
             (Value::sym("dependencies"), Value::Array(dependencies)),
         ])
     };
@@ -763,9 +766,9 @@ async fn rubygems_success_answers() {
     let expected = Value::Array(vec![
         // The dependency API says `ruby` even for the java gem.
         Value::Hash(vec![
-            (Value::sym("name"), Value::str("bar")),
+            (Value::sym("name"), Value::shared(1, Value::str("bar"))),
             (Value::sym("number"), Value::str("0.1.0")),
-            (Value::sym("platform"), Value::str("ruby")),
+            (Value::sym("platform"), ruby()),
             (Value::sym("dependencies"), Value::Array(vec![])),
         ]),
         entry("1.0.0", foo_dependencies()),
@@ -1124,5 +1127,32 @@ fn marshal_matches_ruby() {
     assert_eq!(
         hex::encode(marshal::dump(&Value::str("héllo"))),
         "040849220b68c3a96c6c6f063a064554"
+    );
+    // GitLab's dependency answer shares objects, which Ruby writes as `@` links:
+    // P = "ruby".freeze; a = +"a"; b = +"b"
+    // Marshal.dump([{name: a, number: +"1.0", platform: P, dependencies: [[+"b", +">= 0"]]},
+    //   {name: a, number: +"2.0", platform: P, dependencies: []},
+    //   {name: b, number: +"0.1", platform: P, dependencies: []}])
+    let shared_hash = |name: Value, number: &str, dependencies: Vec<Value>| {
+        Value::Hash(vec![
+            (Value::sym("name"), name),
+            (Value::sym("number"), Value::str(number)),
+            (Value::sym("platform"), Value::shared(0, Value::str("ruby"))),
+            (Value::sym("dependencies"), Value::Array(dependencies)),
+        ])
+    };
+    let a = || Value::shared(1, Value::str("a"));
+    let shared = Value::Array(vec![
+        shared_hash(
+            a(),
+            "1.0",
+            vec![Value::Array(vec![Value::str("b"), Value::str(">= 0")])],
+        ),
+        shared_hash(a(), "2.0", vec![]),
+        shared_hash(Value::shared(2, Value::str("b")), "0.1", vec![]),
+    ]);
+    assert_eq!(
+        hex::encode(marshal::dump(&shared)),
+        "04085b087b093a096e616d6549220661063a0645543a0b6e756d626572492208312e30063b06543a0d706c6174666f726d49220972756279063b06543a11646570656e64656e636965735b065b0749220662063b06544922093e3d2030063b06547b093b0040073b07492208322e30063b06543b0840093b095b007b093b0049220662063b06543b07492208302e31063b06543b0840093b095b00"
     );
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use support::client::{self, Response};
 use support::commands::{self, TIMEOUT};
 use support::fake_gitlab::{
-    Access, FakeGitLab, GemFixture, RubyGemsEra, TokenKind, TokenState, Visibility,
+    Access, FakeGitLab, Fault, GemFixture, RubyGemsEra, TokenKind, TokenState, Visibility,
 };
 use support::fixtures;
 use support::proxy::TestProxy;
@@ -428,4 +428,282 @@ mod marshal_in_ruby {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-gem dependency cache
+// ---------------------------------------------------------------------------------------
+
+const SECOND_READER: &str = "glpat-gems-second";
+const DEVELOPER: &str = "glpat-gems-developer";
+
+/// `dep_a` (two versions, one with a development dependency GitLab reports too), `dep_b`,
+/// `dep_c`, `dep_d`, and readers of several kinds.
+async fn dependency_gitlab() -> FakeGitLab {
+    let gem = |name: &str, version: &str, dependencies: &[(&str, &str)]| {
+        let mut gem = GemFixture::new(name, version, fixtures::minimal_gem(name, version));
+        gem.dependencies = dependencies
+            .iter()
+            .map(|(n, r)| ((*n).to_owned(), (*r).to_owned()))
+            .collect();
+        gem
+    };
+    FakeGitLab::builder()
+        .era(RubyGemsEra::Pre19_1)
+        .project(PRIVATE, "group/private-gems", Visibility::Private)
+        .gem(PRIVATE, gem("dep_a", "1.0.0", &[("dep_b", ">= 1.0")]))
+        .gem(
+            PRIVATE,
+            gem(
+                "dep_a",
+                "1.1.0",
+                &[("dep_b", "~> 1.0, >= 1.0.2"), ("rake", ">= 13")],
+            ),
+        )
+        .gem(PRIVATE, gem("dep_b", "1.0.2", &[]))
+        .gem(PRIVATE, gem("dep_c", "0.1.0", &[("dep_a", "= 1.1.0")]))
+        .gem(PRIVATE, gem("dep_d", "3.0.0.rc1", &[]))
+        .token(
+            READER,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(PRIVATE, Access::Reporter)],
+        )
+        .token(
+            SECOND_READER,
+            TokenKind::Personal {
+                scopes: vec!["read_api"],
+            },
+            TokenState::Active,
+            &[(PRIVATE, Access::Reporter)],
+        )
+        .token(
+            DEVELOPER,
+            TokenKind::Personal {
+                scopes: vec!["api"],
+            },
+            TokenState::Active,
+            &[(PRIVATE, Access::Developer)],
+        )
+        .token(
+            DEPLOY,
+            TokenKind::Deploy {
+                scopes: vec!["read_package_registry"],
+            },
+            TokenState::Active,
+            &[(PRIVATE, Access::Reporter)],
+        )
+        .start()
+        .await
+}
+
+fn deps_path(gems: &str) -> String {
+    format!("/api/v1/dependencies?gems={gems}")
+}
+
+/// GitLab hits of the dependency API, by the `gems` they asked for (probes excluded).
+fn dependency_hits(fake: &FakeGitLab, gems: &str) -> u64 {
+    fake.hits(&format!("{BASE}{}", deps_path(gems)))
+}
+
+fn all_dependency_hits(fake: &FakeGitLab) -> u64 {
+    fake.hits_prefix(&format!("{BASE}/api/v1/dependencies?gems="))
+}
+
+/// What real Ruby reads from a dependency answer, one line per entry.
+fn ruby_reads_dependencies(dir: &Path, body: &[u8]) -> String {
+    let file = dir.join("dependencies.marshal");
+    std::fs::write(&file, body).unwrap();
+    ruby(
+        "Marshal.load(File.binread(ARGV[0])).each { |e| \
+         puts [e[:name], e[:number], e[:platform], \
+         e[:dependencies].map { |d| d.join(' ') }.join('; ')].join(' | ') }",
+        &[&file],
+    )
+}
+
+/// Overlapping batches from several callers: GitLab is asked only for the names the proxy
+/// holds no fresh answer for, once, and every merged answer is GitLab's own for the batch,
+/// byte for byte, and loads in real Ruby.
+#[tokio::test]
+async fn overlapping_dependency_batches_ask_gitlab_only_for_missing_names() {
+    let fake = dependency_gitlab().await;
+    let proxy = TestProxy::start(&fake.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reader = basic(&format!("__token__:{READER}"));
+    let second = basic(&format!("__token__:{SECOND_READER}"));
+    let deploy = basic(&format!("deployer:{DEPLOY}"));
+    // (caller, batch as Bundler escapes it, names GitLab must be asked for)
+    let steps: [(&str, &str, Option<&str>); 6] = [
+        (&reader, "dep_a%2Cdep_b", Some("dep_a,dep_b")),
+        (&second, "dep_b%2Cdep_c", Some("dep_c")),
+        (&deploy, "dep_a,dep_b,dep_c,dep_d", Some("dep_d")),
+        (&reader, "dep_d,dep_c,dep_a", None),
+        (&second, "dep_b", None),
+        (&deploy, "dep_c,dep_c,dep_a", None),
+    ];
+    for (caller, batch, asked) in steps {
+        let before = all_dependency_hits(&fake);
+        let proxied = get(
+            &proxy.url(),
+            &deps_path(batch),
+            &[("authorization", caller)],
+        )
+        .await;
+        assert_eq!(proxied.status, 200, "{batch}: {}", proxied.text());
+        let after = all_dependency_hits(&fake);
+        match asked {
+            Some(names) => {
+                assert_eq!(after - before, 1, "{batch}: one GitLab call");
+                assert_eq!(
+                    dependency_hits(&fake, names),
+                    1,
+                    "{batch}: asked for {names}"
+                );
+                assert_eq!(proxied.header("x-cache"), Some("miss"));
+            }
+            None => {
+                assert_eq!(after, before, "{batch}: answered from cache");
+                assert_eq!(proxied.header("x-cache"), Some("hit"));
+            }
+        }
+        assert_eq!(
+            proxied.header("content-type"),
+            Some("application/octet-stream")
+        );
+        // GitLab's answer for the whole batch (asked directly, with the raw token).
+        let direct = get(&fake.url(), &deps_path(batch), &[("authorization", READER)]).await;
+        assert_eq!(direct.status, 200);
+        assert_eq!(
+            proxied.body, direct.body,
+            "{batch}: the merged answer is GitLab's, byte for byte"
+        );
+    }
+    let loaded = ruby_reads_dependencies(
+        dir.path(),
+        &get(
+            &proxy.url(),
+            &deps_path("dep_c,dep_a,dep_d"),
+            &[("authorization", &reader)],
+        )
+        .await
+        .body,
+    );
+    assert_eq!(
+        loaded,
+        "dep_c | 0.1.0 | ruby | dep_a = 1.1.0\n\
+         dep_a | 1.0.0 | ruby | dep_b >= 1.0\n\
+         dep_a | 1.1.0 | ruby | dep_b ~> 1.0, >= 1.0.2; rake >= 13\n\
+         dep_d | 3.0.0.rc1 | ruby | \n"
+    );
+}
+
+/// The gate decides before a cached entry is served; a name GitLab does not hold is its
+/// 404 (never cached for others); a failure for the missing part is never cached and never
+/// a 404.
+#[tokio::test]
+async fn dependency_batches_keep_gitlab_refusals_and_failures() {
+    let fake = dependency_gitlab().await;
+    let proxy = TestProxy::start(&fake.url()).await;
+    let reader = basic(&format!("__token__:{READER}"));
+    let warm = get(
+        &proxy.url(),
+        &deps_path("dep_a,dep_b"),
+        &[("authorization", &reader)],
+    )
+    .await;
+    assert_eq!(warm.status, 200);
+
+    // Cached entries are nobody's without GitLab's yes for the caller.
+    for (headers, status) in [(vec![], 404), (vec![("authorization", "glpat-wrong")], 401)] {
+        let refused = get(&proxy.url(), &deps_path("dep_a,dep_b"), &headers).await;
+        assert_eq!(refused.status, status, "{}", refused.text());
+        assert_ne!(refused.body, warm.body);
+    }
+
+    // An unknown name: GitLab's 404 for the batch, with its message.
+    let unknown = get(
+        &proxy.url(),
+        &deps_path("dep_a,nope,dep_b"),
+        &[("authorization", &reader)],
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.text(), r#"{"message":"nope not found"}"#);
+    assert_eq!(
+        dependency_hits(&fake, "nope"),
+        1,
+        "only the missing name asked"
+    );
+
+    // GitLab fails while the missing part is asked: an error, not a 404, and not kept.
+    fake.set_fault(&format!("{BASE}/api/v1/dependencies"), Fault::Status(500));
+    let failed = get(
+        &proxy.url(),
+        &deps_path("dep_a,dep_c"),
+        &[("authorization", &reader)],
+    )
+    .await;
+    assert!(failed.status >= 500, "{}: {}", failed.status, failed.text());
+    fake.clear_faults();
+    let healed = get(
+        &proxy.url(),
+        &deps_path("dep_a,dep_c"),
+        &[("authorization", &reader)],
+    )
+    .await;
+    assert_eq!(healed.status, 200);
+    assert_eq!(healed.header("x-cache"), Some("miss"));
+    assert_eq!(
+        dependency_hits(&fake, "dep_c"),
+        2,
+        "the failure was not kept"
+    );
+}
+
+/// Per-gem entries obey the project's moment: after a push through the proxy, no batch is
+/// answered from an entry that predates it until GitLab shows the pushed version.
+#[tokio::test]
+async fn a_push_makes_cached_dependency_entries_revalidate() {
+    let fake = dependency_gitlab().await;
+    let proxy = TestProxy::start(&fake.url()).await;
+    let developer = [("authorization", DEVELOPER)];
+    let batch = deps_path("dep_b,dep_c");
+    let first = get(&proxy.url(), &batch, &developer).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        get(&proxy.url(), &batch, &developer)
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
+    let pushed = client::request(
+        "POST",
+        &format!("{}{BASE}/api/v1/gems", proxy.url()),
+        &developer,
+        Some(bytes::Bytes::from(fixtures::minimal_gem("dep_b", "1.7.0"))),
+    )
+    .await;
+    assert_eq!(pushed.status, 201, "{}", pushed.text());
+    let mentions = |body: &[u8]| body.windows(5).any(|w| w == b"1.7.0");
+    let mut shown = None;
+    for _ in 0..500 {
+        let answer = get(&proxy.url(), &batch, &developer).await;
+        assert_eq!(answer.status, 200);
+        if mentions(&answer.body) {
+            shown = Some(answer);
+            break;
+        }
+        assert_ne!(
+            answer.header("x-cache"),
+            Some("hit"),
+            "an entry from before the push was served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let shown = shown.expect("GitLab showed the pushed version");
+    let direct = get(&fake.url(), &batch, &developer).await;
+    assert_eq!(shown.body, direct.body);
 }

@@ -56,6 +56,8 @@ const GEM_WRITER: &str = "glpat-gem-writer";
 const GEM_COLLEAGUE: &str = "glpat-gem-colleague";
 /// Valid in GitLab, member of no project here.
 const GEM_STRANGER: &str = "glpat-gem-stranger";
+/// A deploy token: the RubyGems API takes it, the Packages API does not.
+const GEM_DEPLOY: &str = "gldt-gem-deploy";
 
 /// The fake GitLab, a recorder between it and the proxy listing what went upstream, the
 /// proxy, and the proxy's access log listing what the clients asked.
@@ -849,6 +851,14 @@ async fn gem_gitlab_in(
             },
             TokenState::Active,
             &[(99, Role::Developer)],
+        )
+        .token(
+            GEM_DEPLOY,
+            TokenKind::Deploy {
+                scopes: vec!["read_package_registry"],
+            },
+            TokenState::Active,
+            &[(GEM_PROJECT, Role::Reporter)],
         );
     for gem in gems {
         builder = builder.gem(GEM_PROJECT, gem);
@@ -907,6 +917,8 @@ enum GemCredentials {
     UrlUserinfo,
     /// `bundle config set --global <source> __token__:<token>` with another token.
     ConfigOtherToken(&'static str),
+    /// `bundle config set --global <source> deployer:<deploy token>`.
+    ConfigDeployToken,
     Anonymous,
 }
 
@@ -966,6 +978,15 @@ async fn bundle_commands(
         }
         GemCredentials::UrlUserinfo => {
             gemfile_source = source.replacen("://", &format!("://__token__:{GEM_READER}@"), 1);
+        }
+        GemCredentials::ConfigDeployToken => {
+            let value = format!("deployer:{GEM_DEPLOY}");
+            run(ruby_tool(
+                "bundle",
+                root,
+                &["config", "set", "--global", source, &value],
+            ))
+            .await;
         }
         GemCredentials::Anonymous => {}
     }
@@ -1172,6 +1193,129 @@ async fn bundle_on_old_gitlab_through_the_proxy() {
         [GemCredentials::Anonymous, GemCredentials::Anonymous],
     )
     .await;
+}
+
+/// A deploy token on GitLab before 19.1: it may not call the Packages API and there are no
+/// spec indexes, so GitLab names no gem to it and the compact index starts empty. Once the
+/// project's dependency API has shown the names (to any caller it let read them), they are
+/// listed, and `bundle` works with the deploy token.
+#[tokio::test]
+async fn bundle_with_a_deploy_token_on_old_gitlab_once_names_were_seen() {
+    use base64::Engine as _;
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems = build_gems_with_tool(&mkdir(dir.path().join("gems")));
+    let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems).await;
+    let stack = Stack::start(fake, None).await;
+    let source = rubygems_url(&stack.proxy.url());
+    let deploy = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("deployer:{GEM_DEPLOY}"))
+    );
+    let auth = [("authorization", deploy.as_str())];
+    let versions = support::client::get(&format!("{source}/versions"), &auth).await;
+    assert_eq!(versions.status, 200);
+    assert!(
+        !versions.text().contains("gpc_"),
+        "nothing is named to a deploy token yet:\n{}",
+        versions.text()
+    );
+    let before = bundle_commands(
+        &dir.path().join("before"),
+        &source,
+        &TOOL_GEMFILE,
+        GemCredentials::ConfigDeployToken,
+        false,
+    )
+    .await;
+    assert!(before.is_err(), "bundle found gems nobody named");
+    stack.end_run("deploy token, before the names were seen");
+
+    // An older client's dependency query shows the names (and their versions).
+    let shown = support::client::get(
+        &format!("{source}/api/v1/dependencies?gems=gpc_web%2Cgpc_core%2Cgpc_leaf%2Cgpc_tool"),
+        &auth,
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let run = bundle_run(
+        &dir.path().join("after"),
+        &source,
+        &TOOL_GEMFILE,
+        GemCredentials::ConfigDeployToken,
+    )
+    .await;
+    assert_eq!(run.described, tool_described(), "{}", run.lockfile);
+    let wire = stack.end_run("deploy token, after the names were seen");
+    assert_eq!(downloaded_gems(&wire), names(&ALL_RUNTIME));
+}
+
+/// Platform gems on GitLab before 19.1, which stores every gem as `<name>-<version>.gem`:
+/// the compact index lists them as `<version>-<platform>`, Bundler picks the build for this
+/// machine's platform over the `ruby` one and one for another platform, and downloads it
+/// under its platform file name, which the proxy serves from the gem it indexed.
+#[tokio::test]
+async fn bundle_installs_the_platform_gem_for_this_machine() {
+    for tool in ["ruby", "gem", "bundle"] {
+        commands::require_tool(tool);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let gems_dir = mkdir(dir.path().join("gems"));
+    let gems = vec![
+        fixtures::build_gem(&gems_dir, "gpc_native", "1.0.0", &[]),
+        fixtures::build_platform_gem(&gems_dir, "gpc_native", "1.1.0", "x86_64-linux", &[]),
+        fixtures::build_platform_gem(&gems_dir, "gpc_native", "1.2.0", "java", &[]),
+    ];
+    let native = gems[1].gem_bytes.clone();
+    let fake = gem_gitlab_in(RubyGemsEra::Pre19_1, Visibility::Private, gems).await;
+    let stack = Stack::start(fake, None).await;
+    let source = rubygems_url(&stack.proxy.url());
+    let reader = [("authorization", GEM_READER)];
+    let info = support::client::get(&format!("{source}/info/gpc_native"), &reader).await;
+    let info = info.text();
+    for line in ["\n1.0.0 |", "\n1.1.0-x86_64-linux |", "\n1.2.0-java |"] {
+        assert!(info.contains(line), "{line:?} in\n{info}");
+    }
+    let run = bundle_run(
+        &dir.path().join("bundle"),
+        &source,
+        &["gpc_native"],
+        GemCredentials::ConfigUserToken,
+    )
+    .await;
+    assert_eq!(
+        run.described, "gpc_native-1.1.0-x86_64-linux\n",
+        "{}",
+        run.lockfile
+    );
+    assert!(
+        run.lockfile.contains("gpc_native (1.1.0-x86_64-linux)"),
+        "{}",
+        run.lockfile
+    );
+    let wire = stack.end_run("bundler, platform gems");
+    assert_eq!(
+        downloaded_gems(&wire),
+        names(&["gpc_native-1.1.0-x86_64-linux.gem"])
+    );
+    let file = support::client::get(
+        &format!("{source}/gems/gpc_native-1.1.0-x86_64-linux.gem"),
+        &reader,
+    )
+    .await;
+    assert_eq!(
+        file.body, native,
+        "the bytes GitLab stores as gpc_native-1.1.0.gem"
+    );
+    assert_eq!(
+        support::client::get(&format!("{source}/gems/gpc_native-1.0.0-java.gem"), &reader)
+            .await
+            .status,
+        404,
+        "no such build"
+    );
 }
 
 /// GitLab 19.1: the same through the proxy, which adds the compact index GitLab lacks.

@@ -5,7 +5,7 @@
 //!
 //! Names come from what GitLab offers the caller: the Packages API (tokens that may call
 //! it, and anonymous callers of public projects), else the spec indexes GitLab 19.1
-//! serves. A catalog is built with the credentials of the caller who asked first and kept
+//! serves, else the names the project's dependency API has shown (`super::seen`). A catalog is built with the credentials of the caller who asked first and kept
 //! per project for the metadata TTL; every caller is authorized for the project by the
 //! service before any of it is served.
 
@@ -25,6 +25,7 @@ use super::compact_index::{self, IndexedVersion, VersionsEntry};
 use super::gem_file::{self, GemSpec};
 use super::gemspec::{self, IndexKind, Tuple};
 use super::marshal::{self, Value};
+use super::seen::Seen;
 use crate::body::{self, collect_limited, Collected};
 use crate::cache::fill::{Fills, Joined, Progress};
 use crate::cache::memory::keep_header;
@@ -96,6 +97,20 @@ impl Catalog {
             .map_err(|e| Error::Internal(format!("writing a spec index: {e}")))
     }
 
+    /// For `gems/<name>-<version>-<platform>.gem`: the file name GitLab stores that gem
+    /// under (`<name>-<version>.gem`, never with a platform) and the SHA-256 of the bytes
+    /// indexed. `None` unless the project holds a gem of that full name for a platform.
+    pub fn platform_gem(&self, full_name: &str) -> Option<(String, &str)> {
+        let version = self.specs.get(full_name)?;
+        let spec = &version.spec;
+        (spec.platform != "ruby").then(|| {
+            (
+                format!("{}-{}.gem", spec.name, spec.version),
+                version.sha256.as_str(),
+            )
+        })
+    }
+
     /// `quick/Marshal.4.8/<full name>.gemspec.rz`, if the project holds that gem.
     pub fn gemspec_rz(&self, full_name: &str) -> Option<Result<Bytes, Error>> {
         let version = self.specs.get(full_name)?;
@@ -130,6 +145,7 @@ pub struct Catalogs {
     /// By (content key of the `.gem`, its SHA-256): a gem is read once.
     read: moka::future::Cache<(String, [u8; 32]), Arc<IndexedVersion>>,
     fetches: Arc<Semaphore>,
+    seen: Seen,
 }
 
 /// Where a catalog came from.
@@ -156,6 +172,19 @@ impl Catalogs {
                 .build(),
             read: moka::future::Cache::builder().max_capacity(100_000).build(),
             fetches: Arc::new(Semaphore::new(GEM_FETCHES)),
+            seen: Seen::default(),
+        }
+    }
+
+    /// Takes in versions a dependency answer of `project` showed. A project whose catalog
+    /// could list new names is built again when next asked for.
+    pub async fn saw<'a>(
+        &self,
+        project: &str,
+        shown: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        if self.seen.note(project, shown) {
+            self.invalidate(project).await;
         }
     }
 
@@ -195,6 +224,10 @@ impl Catalogs {
 
     async fn build(&self, source: &Source<'_>) -> Result<Catalog, Error> {
         let mut listed = list(source).await?;
+        // Name source of last resort: GitLab listed nothing for this caller.
+        if listed.is_empty() {
+            listed = self.seen.listed(source.project.as_raw());
+        }
         for pushed in &source.pushed {
             if !listed.contains(pushed) {
                 listed.push(pushed.clone());

@@ -3,8 +3,10 @@
 //! Written: nil, booleans, Fixnums, UTF-8 and binary Strings, Symbols (repeats as `;`
 //! links, which Ruby requires readers to honour), Arrays, Hashes, plain objects (`o`),
 //! `marshal_dump` objects (`U`, e.g. `Gem::Version`) and `_dump` objects (`u`, e.g.
-//! `Gem::Specification`). A tree of owned values never shares an object, so the writer never
-//! needs `@` object links; the reader resolves them (GitLab's spec indexes may hold them).
+//! `Gem::Specification`). A tree of owned values shares no object unless it says so with
+//! [`Value::Shared`], which the writer spells as Ruby does (the first occurrence in full,
+//! later ones as `@` links), so answers GitLab writes with shared objects can be written
+//! byte for byte; the reader resolves links to copies (GitLab's answers hold them).
 //! No maintained crate writes this subset (reference compact-index.md §5.3).
 
 use std::fmt;
@@ -42,6 +44,12 @@ pub enum Value {
     UserDefined {
         class: String,
         data: Vec<u8>,
+    },
+    /// One Ruby object that appears more than once in the value: every occurrence with the
+    /// same `id` is that object. Only written (the reader resolves links to copies).
+    Shared {
+        id: u32,
+        value: Box<Value>,
     },
 }
 
@@ -100,6 +108,8 @@ pub fn dump(value: &Value) -> Result<Vec<u8>, MarshalError> {
     let mut writer = Writer {
         out: vec![4, 8],
         symbols: Vec::new(),
+        objects: 0,
+        shared: Vec::new(),
     };
     writer.value(value)?;
     Ok(writer.out)
@@ -109,6 +119,11 @@ struct Writer {
     out: Vec<u8>,
     /// Symbols already written, in order: a repeat is written as `;` + its index here.
     symbols: Vec<String>,
+    /// Objects written so far: Ruby numbers every non-immediate value in the order it
+    /// registers them, and an `@` link names that number.
+    objects: usize,
+    /// `(id, object number)` of each [`Value::Shared`] written so far.
+    shared: Vec<(u32, usize)>,
 }
 
 const FIXNUM_MIN: i64 = -(1 << 30);
@@ -116,6 +131,20 @@ const FIXNUM_MAX: i64 = (1 << 30) - 1;
 
 impl Writer {
     fn value(&mut self, value: &Value) -> Result<(), MarshalError> {
+        // Registered before their contents (a `_dump` object only after its bytes, which
+        // hold no objects, so the number is the same).
+        if matches!(
+            value,
+            Value::Str(_)
+                | Value::Bytes(_)
+                | Value::Array(_)
+                | Value::Hash(_)
+                | Value::Object { .. }
+                | Value::UserMarshal { .. }
+                | Value::UserDefined { .. }
+        ) {
+            self.objects += 1;
+        }
         match value {
             Value::Nil => self.out.push(b'0'),
             Value::Bool(true) => self.out.push(b'T'),
@@ -174,6 +203,24 @@ impl Writer {
                 self.out.push(b'u');
                 self.symbol(class)?;
                 self.bytes(data)?;
+            }
+            Value::Shared { id, value } => {
+                let immediate = matches!(
+                    **value,
+                    Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Symbol(_)
+                );
+                match self.shared.iter().find(|(known, _)| known == id) {
+                    Some(&(_, number)) if !immediate => {
+                        self.out.push(b'@');
+                        self.len(number)?;
+                    }
+                    _ => {
+                        if !immediate {
+                            self.shared.push((*id, self.objects));
+                        }
+                        self.value(value)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -522,6 +569,37 @@ pub(crate) mod tests {
         assert_eq!(
             load(bytes).unwrap(),
             Value::Array(vec![Value::str("ruby"), Value::str("ruby")])
+        );
+    }
+
+    #[test]
+    fn shared_objects_are_written_as_links() {
+        // Ruby: s = "ruby"; Marshal.dump([s, s])
+        let s = || Value::Shared {
+            id: 1,
+            value: Box::new(Value::str("ruby")),
+        };
+        let bytes = dump(&Value::Array(vec![s(), s()])).unwrap();
+        assert_eq!(bytes, b"\x04\x08[\x07I\"\x09ruby\x06:\x06ET@\x06".to_vec());
+        // Ruby: a = "a"; Marshal.dump([[1, a], {k: :v, a: a}, :v])
+        let a = || Value::Shared {
+            id: 7,
+            value: Box::new(Value::str("a")),
+        };
+        let value = Value::Array(vec![
+            Value::Array(vec![Value::Int(1), a()]),
+            Value::Hash(vec![
+                (Value::sym("k"), Value::sym("v")),
+                (Value::sym("a"), a()),
+            ]),
+            Value::Shared {
+                id: 8,
+                value: Box::new(Value::sym("v")),
+            },
+        ]);
+        assert_eq!(
+            dump(&value).unwrap(),
+            b"\x04\x08[\x08[\x07i\x06I\"\x06a\x06:\x06ET{\x07:\x06k:\x06v:\x06a@\x07;\x07".to_vec()
         );
     }
 

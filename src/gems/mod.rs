@@ -3,8 +3,10 @@
 
 pub mod catalog;
 pub mod compact_index;
+pub mod dependencies;
 pub mod gem_file;
 pub mod gemspec;
 pub mod held;
 pub mod marshal;
+pub mod seen;
 pub mod version;

@@ -159,6 +159,27 @@ impl GemList {
         &self.0
     }
 
+    /// A list of one name.
+    pub fn single(name: GemName) -> GemList {
+        GemList(vec![name])
+    }
+
+    /// The names, each once, in the order first asked for.
+    pub fn distinct(&self) -> GemList {
+        let mut names: Vec<GemName> = Vec::with_capacity(self.0.len());
+        for name in &self.0 {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        GemList(names)
+    }
+
+    /// The names of `self` for which `keep` holds, in order.
+    pub fn filtered(&self, keep: impl Fn(&GemName) -> bool) -> GemList {
+        GemList(self.0.iter().filter(|n| keep(n)).cloned().collect())
+    }
+
     /// A canonical spelling for cache keys (never includes anything but the names).
     pub fn key(&self) -> String {
         let names: Vec<&str> = self.0.iter().map(GemName::as_str).collect();

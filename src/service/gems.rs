@@ -14,26 +14,29 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::artifact::artifact_response;
 use super::authorize::{authorize, Authorized};
 use super::relay::Forward;
 use super::Handled;
 use crate::auth::DecisionKey;
 use crate::body;
 use crate::cache::fill::Joined;
+use crate::cache::reader::Reader;
 use crate::cache::CacheOutcome;
 use crate::error::Error;
 use crate::gems::catalog::{synthesized_headers, Built, Catalog, Source};
 use crate::gems::compact_index;
 use crate::gems::gemspec::IndexKind;
 use crate::protocol::rubygems::{CompactFile, GemRequest, SpecIndex};
-use crate::route::{PackageRequest, PackageRoute, RouteError};
+use crate::route::{CacheClass, PackageRequest, PackageRoute, RouteError};
 use crate::state::AppState;
 
-/// Whether the route is a gemspec or spec index, which the proxy writes when GitLab 404s.
+/// Whether the route is a gemspec or spec index, which the proxy writes when GitLab 404s,
+/// or a gem, which GitLab 404s under its platform file name.
 pub(super) fn has_fallback(route: &PackageRoute) -> bool {
     matches!(
         route.request,
-        PackageRequest::Gem(GemRequest::Gemspec(_) | GemRequest::SpecIndex(_))
+        PackageRequest::Gem(GemRequest::Gemspec(_) | GemRequest::SpecIndex(_) | GemRequest::Gem(_))
     )
 }
 
@@ -97,12 +100,15 @@ pub(super) async fn with_fallback(
     // Kept for the fallback below; forwarding headers are built only if it runs.
     let incoming = request.headers().clone();
     let gitlab = match route.cache_class() {
-        crate::route::CacheClass::Metadata => {
+        CacheClass::Metadata => {
             super::metadata::metadata(state, route, decision, request, client).await?
         }
         _ => super::artifact::artifact(state, route, decision, request, client).await?,
     };
     if gitlab.response.status() != StatusCode::NOT_FOUND {
+        if gitlab.outcome == CacheOutcome::Hit && route.cache_class() == CacheClass::Artifact {
+            state.metrics.artifact_hit(&route.content_key());
+        }
         return Ok(gitlab);
     }
     // GitLab's 404 is also its refusal of a caller who may not read a private project, so
@@ -128,6 +134,15 @@ pub(super) async fn with_fallback(
                 None => return Ok(gitlab),
             }
         }
+        PackageRequest::Gem(GemRequest::Gem(file)) => {
+            let full_name = file.decoded().strip_suffix(".gem").unwrap_or_default();
+            let Some((stored, sha256)) = catalog.platform_gem(full_name) else {
+                return Ok(gitlab);
+            };
+            return platform_gem(state, route, &stored, sha256, head, outcome, took)
+                .await
+                .map(|served| served.unwrap_or(gitlab));
+        }
         PackageRequest::Gem(GemRequest::SpecIndex(index)) => {
             let kind = match index {
                 SpecIndex::Specs => IndexKind::Specs,
@@ -140,6 +155,44 @@ pub(super) async fn with_fallback(
     };
     let headers = synthesized_headers(content_type, &body);
     Ok(answer(headers, body, head, None, outcome, took))
+}
+
+/// A platform gem GitLab keeps under its plain `<name>-<version>.gem`: the stored bytes the
+/// catalog indexed (so the `checksum:` the client was given holds), or `None` if the store
+/// no longer holds those bytes.
+async fn platform_gem(
+    state: &AppState,
+    route: &PackageRoute,
+    stored: &str,
+    sha256: &str,
+    head: bool,
+    outcome: CacheOutcome,
+    took: Option<std::time::Duration>,
+) -> Result<Option<Handled>, Error> {
+    let Some(key) = route.gem_file_key(stored) else {
+        return Ok(None);
+    };
+    let store = state.fills.store();
+    let held = store
+        .lookup_pinned(&key)
+        .await
+        .map_err(|e| Error::Internal(format!("store lookup of {key}: {e}")))?;
+    let Some((meta, pin)) = held.filter(|(meta, _)| hex::encode(meta.sha256) == sha256) else {
+        return Ok(None);
+    };
+    store.touch(&key);
+    let body = if head {
+        body::empty()
+    } else {
+        Reader::committed(&state.fills, key, &meta, pin).into_body()
+    };
+    Ok(Some(artifact_response(
+        &meta.headers,
+        Some(meta.len),
+        body,
+        outcome,
+        took,
+    )))
 }
 
 /// Stores a written gemspec like GitLab's would be, so later requests are store hits.

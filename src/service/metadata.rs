@@ -268,6 +268,7 @@ pub(super) fn refresh_in_background(
                     .unwrap_or(usize::MAX);
                 if let Ok(Collected::Complete(bytes)) = collect_limited(incoming, limit).await {
                     took_in(&state, &route, previous.as_deref(), &bytes);
+                    super::dependencies::saw_answer(&state, &route, &bytes).await;
                     let entry = answer_entry(&state, &parts.headers, bytes);
                     state.memory.insert(key.clone(), Arc::new(entry)).await;
                 }
@@ -294,7 +295,7 @@ pub(super) fn refresh_in_background(
 
 /// Whether a cached answer may be served without asking GitLab: it belongs to its project's
 /// current moment, and no version pushed through the proxy is still awaited in it.
-fn is_current(state: &AppState, route: &PackageRoute, cached: &CachedResponse) -> bool {
+pub(super) fn is_current(state: &AppState, route: &PackageRoute, cached: &CachedResponse) -> bool {
     let project = route.project.as_raw();
     if !state.freshness.is_current(project, cached.fetched_at_ms) {
         return false;
@@ -340,7 +341,7 @@ fn revalidation(
 /// Takes GitLab's new answer in: versions awaited after a push that it shows are no longer
 /// awaited there, and a project whose answers changed moves on to a new moment, so that its
 /// other cached answers are revalidated before they are served again.
-fn took_in(
+pub(super) fn took_in(
     state: &AppState,
     route: &PackageRoute,
     previous: Option<&CachedResponse>,
@@ -367,7 +368,11 @@ fn took_in(
 }
 
 /// A cached answer from GitLab's headers and body, stamped now (after any [`took_in`]).
-fn answer_entry(state: &AppState, headers: &http::HeaderMap, body: Bytes) -> CachedResponse {
+pub(super) fn answer_entry(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> CachedResponse {
     let mut entry = CachedResponse::new(headers, body, state.memory.now_ms());
     entry.validator = headers.get(header::ETAG).cloned();
     entry
@@ -389,6 +394,7 @@ async fn keep_metadata(
     match collect_limited(incoming, limit).await.map_err(body_error)? {
         Collected::Complete(bytes) => {
             took_in(state, route, previous.as_deref(), &bytes);
+            super::dependencies::saw_answer(state, route, &bytes).await;
             let entry = Arc::new(answer_entry(state, &parts.headers, bytes));
             state.memory.insert(key, entry.clone()).await;
             Ok(serve_cached(

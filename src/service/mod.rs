@@ -3,6 +3,7 @@
 
 mod artifact;
 mod authorize;
+mod dependencies;
 mod gems;
 mod held_gems;
 mod metadata;
@@ -165,6 +166,9 @@ async fn package(
     match route.cache_class() {
         CacheClass::Synthesized => {
             gems::synthesized(state, &route, &decision, request, client).await
+        }
+        CacheClass::Metadata if dependencies::is_batch(&route) => {
+            dependencies::batch(state, &route, &decision, request, client).await
         }
         CacheClass::Metadata => metadata::metadata(state, &route, &decision, request, client).await,
         CacheClass::Artifact => {

@@ -96,18 +96,53 @@ pub fn build_gem_with(
     deps: &[(&str, &str)],
     dev_deps: &[(&str, &str)],
 ) -> GemFixture {
+    build(dir, name, version, None, deps, dev_deps)
+}
+
+/// Like [`build_gem`], for a platform (`x86_64-linux`, `java`): RubyGems names the file
+/// `<name>-<version>-<platform>.gem`, and its `describe` ends in `-<platform>`.
+pub fn build_platform_gem(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    platform: &str,
+    deps: &[(&str, &str)],
+) -> GemFixture {
+    build(dir, name, version, Some(platform), deps, &[])
+}
+
+fn build(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    platform: Option<&str>,
+    deps: &[(&str, &str)],
+    dev_deps: &[(&str, &str)],
+) -> GemFixture {
     commands::require_tool("gem");
     commands::require_tool("ruby");
-    let work = dir.join(format!("{name}-{version}"));
+    let full_name = match platform {
+        Some(platform) => format!("{name}-{version}-{platform}"),
+        None => format!("{name}-{version}"),
+    };
+    let work = dir.join(&full_name);
     std::fs::create_dir_all(work.join("lib")).expect("gem work directory");
-    std::fs::write(
-        work.join(format!("{name}.gemspec")),
-        gemspec(name, version, deps, dev_deps),
-    )
-    .expect("write the gemspec");
+    let mut spec = gemspec(name, version, deps, dev_deps);
+    if let Some(platform) = platform {
+        spec = spec.replacen(
+            "\nend\n",
+            &format!("\n  s.platform = {platform:?}\nend\n"),
+            1,
+        );
+    }
+    std::fs::write(work.join(format!("{name}.gemspec")), spec).expect("write the gemspec");
+    let described = match platform {
+        Some(platform) => format!("{version}-{platform}"),
+        None => version.to_owned(),
+    };
     std::fs::write(
         work.join("lib").join(format!("{name}.rb")),
-        gem_library(name, version, deps),
+        gem_library(name, &described, deps),
     )
     .expect("write the gem's library");
     let home = work.join(".home");
@@ -122,7 +157,7 @@ pub fn build_gem_with(
         // Reproducible: the spec's date and the tar entries' times come from here.
         .env("SOURCE_DATE_EPOCH", "1700000000");
     commands::run(&mut build, TIMEOUT);
-    let gem_path = work.join(format!("{name}-{version}.gem"));
+    let gem_path = work.join(format!("{full_name}.gem"));
     spec_with_ruby(&gem_path, &home).expect("Ruby reads the gem it built")
 }
 

@@ -2,11 +2,11 @@
 //!
 //! Only what the fake needs, and what a test needs to build expected bodies: nil, booleans,
 //! Fixnums, UTF-8 Strings, Symbols, Arrays, Hashes and user-marshalled objects such as
-//! `Gem::Version`. The output matches Ruby's byte for byte for structures of distinct objects;
-//! Ruby would also write `@` back-references when one *object* appears twice, which a tree of
-//! owned values never has, so this writer never needs them. Symbols are different: Ruby writes
-//! a repeated symbol as a `;` link to its first occurrence and requires readers to honour that,
-//! so the writer keeps a symbol table.
+//! `Gem::Version`. The output matches Ruby's byte for byte: where one Ruby *object* appears
+//! twice (GitLab's dependency answers share the requested name and the `"ruby"` platform),
+//! the value says so with [`Value::Shared`] and the writer spells later occurrences as `@`
+//! back-references, numbering objects as Ruby does. Symbols always repeat as `;` links to
+//! their first occurrence, so the writer keeps a symbol table.
 
 /// A Ruby value that [`dump`] can write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,11 @@ pub enum Value {
         class: String,
         data: Box<Value>,
     },
+    /// One Ruby object met more than once: every occurrence with the same `id` is it.
+    Shared {
+        id: u32,
+        value: Box<Value>,
+    },
 }
 
 impl Value {
@@ -38,6 +43,14 @@ impl Value {
 
     pub fn sym(s: impl Into<String>) -> Value {
         Value::Symbol(s.into())
+    }
+
+    /// An object that is the same Ruby object wherever `id` appears again.
+    pub fn shared(id: u32, value: Value) -> Value {
+        Value::Shared {
+            id,
+            value: Box::new(value),
+        }
     }
 
     /// `Gem::Version.new(version)`: its `marshal_dump` is `[version_string]`.
@@ -54,6 +67,8 @@ pub fn dump(value: &Value) -> Vec<u8> {
     let mut writer = Writer {
         out: vec![4, 8],
         symbols: Vec::new(),
+        objects: 0,
+        shared: Vec::new(),
     };
     writer.value(value);
     writer.out
@@ -63,10 +78,20 @@ struct Writer {
     out: Vec<u8>,
     /// Symbols already written, in order: a repeat is written as `;` + its index here.
     symbols: Vec<String>,
+    /// Objects written so far (Ruby's numbering for `@` links).
+    objects: usize,
+    /// `(id, object number)` of each shared object written.
+    shared: Vec<(u32, usize)>,
 }
 
 impl Writer {
     fn value(&mut self, value: &Value) {
+        if matches!(
+            value,
+            Value::Str(_) | Value::Array(_) | Value::Hash(_) | Value::UserMarshal { .. }
+        ) {
+            self.objects += 1;
+        }
         match value {
             Value::Nil => self.out.push(b'0'),
             Value::Bool(true) => self.out.push(b'T'),
@@ -107,6 +132,18 @@ impl Writer {
                 self.out.push(b'U');
                 self.symbol(class);
                 self.value(data);
+            }
+            Value::Shared { id, value } => {
+                match self.shared.iter().find(|(known, _)| known == id) {
+                    Some(&(_, number)) => {
+                        self.out.push(b'@');
+                        self.len(number);
+                    }
+                    None => {
+                        self.shared.push((*id, self.objects));
+                        self.value(value);
+                    }
+                }
             }
         }
     }

@@ -109,7 +109,7 @@ fn dependencies(project: &Project, call: &Call<'_>) -> Reply {
         return Reply::new(StatusCode::OK, "application/octet-stream", "200");
     }
     let mut versions = Vec::new();
-    for name in &names {
+    for (index, name) in names.iter().enumerate() {
         let packages: Vec<&GemPackage> = project
             .packages
             .iter()
@@ -125,7 +125,7 @@ fn dependencies(project: &Project, call: &Call<'_>) -> Reply {
         versions.extend(
             packages
                 .into_iter()
-                .map(|package| dependency_entry(name, package)),
+                .map(|package| dependency_entry(name, index, package)),
         );
     }
     let body = marshal::dump(&marshal::Value::Array(versions));
@@ -142,8 +142,10 @@ fn ruby_comma_split(value: &str) -> Vec<String> {
     fields.iter().map(|f| f.trim().to_owned()).collect()
 }
 
-/// `{name:, number:, platform: "ruby", dependencies: [[name, requirement], ...]}`.
-fn dependency_entry(requested_name: &str, package: &GemPackage) -> marshal::Value {
+/// `{name:, number:, platform: "ruby", dependencies: [[name, requirement], ...]}`, with the
+/// objects GitLab shares: the requested name (the `index`th of the query, one String for
+/// all its entries) and the platform (the frozen `DEFAULT_PLATFORM`, one for the answer).
+fn dependency_entry(requested_name: &str, index: usize, package: &GemPackage) -> marshal::Value {
     use marshal::Value;
     let dependencies = package
         .gem
@@ -152,9 +154,15 @@ fn dependency_entry(requested_name: &str, package: &GemPackage) -> marshal::Valu
         .map(|(name, requirement)| Value::Array(vec![Value::str(name), Value::str(requirement)]))
         .collect();
     Value::Hash(vec![
-        (Value::sym("name"), Value::str(requested_name)),
+        (
+            Value::sym("name"),
+            Value::shared(
+                u32::try_from(index).unwrap_or(u32::MAX).saturating_add(1),
+                Value::str(requested_name),
+            ),
+        ),
         (Value::sym("number"), Value::str(&package.gem.version)),
-        (Value::sym("platform"), Value::str("ruby")),
+        (Value::sym("platform"), Value::shared(0, Value::str("ruby"))),
         (Value::sym("dependencies"), Value::Array(dependencies)),
     ])
 }
