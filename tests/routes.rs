@@ -312,16 +312,30 @@ async fn every_route_is_forwarded_verbatim_and_answered_as_gitlab_does() {
         )
         .await;
         let mut problems = Vec::new();
-        // Exactly one upstream request, on exactly the path and query the client sent.
-        if fake.hits(&case.path) != 1 || fake.total_hits() != 1 {
+        let path_only = case.path.split('?').next().unwrap_or_default();
+        // A dependency batch is answered from per-gem entries: GitLab is asked at most once,
+        // on the same endpoint, for the names not held yet (the plain-comma batch follows
+        // the escaped one with the same names, so it is answered without GitLab).
+        let batch = case.path.contains("/dependencies?gems=")
+            && (case.path.contains(',') || case.path.contains("%2C"));
+        if batch {
+            if fake.total_hits() > 1 || fake.total_hits() != fake.hits_prefix(path_only) {
+                problems.push(format!(
+                    "{} hits on the endpoint, {} in all (expected at most 1, there)",
+                    fake.hits_prefix(path_only),
+                    fake.total_hits()
+                ));
+            }
+        } else if fake.hits(&case.path) != 1 || fake.total_hits() != 1 {
+            // Exactly one upstream request, on exactly the path and query the client sent.
             problems.push(format!(
                 "{} hits on the path, {} in all (expected 1 and 1)",
                 fake.hits(&case.path),
                 fake.total_hits()
             ));
         }
-        let path_only = case.path.split('?').next().unwrap_or_default();
         match fake.last_request_headers(path_only) {
+            None if batch && fake.total_hits() == 0 => {}
             None => problems.push("GitLab saw no request on this path".to_owned()),
             Some(seen) => {
                 let seen_value = |name: &str| seen.get(name).and_then(|v| v.to_str().ok());
