@@ -714,6 +714,13 @@ async fn the_regional_tiers_outcome_shows_as_x_cache_upstream() {
     // The regional tier had the .mod first.
     let r = get(&regional.url(), &module, &warmer).await;
     assert_eq!(outcome(&r), (200, some("miss"), None), "{module}");
+    // Its fill commits just after the client's last byte: until then it would be coalesced.
+    let regional_store = regional.state.fills.store().clone();
+    let module_key = artifact_key(&module).expect("an artifact");
+    eventually("the regional tier stored the .mod", || {
+        matches!(regional_store.inner().lookup(&module_key), Ok(Some(_)))
+    })
+    .await;
     let r = get(&tiers.url(), &module, &warmer).await;
     assert_eq!(outcome(&r), (200, some("miss"), some("hit")), "{module}");
 
