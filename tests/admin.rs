@@ -137,6 +137,11 @@ async fn pinned_artifacts_are_never_evicted() {
     for name in ["beta", "gamma", "delta"] {
         assert_eq!(fetch(name).await.status, 200);
     }
+    // Eviction runs after each commit, which comes just after the client's last byte.
+    support::eventually("beta is evicted", || {
+        !proxy.state.fills.store().keys("").contains(&path("beta"))
+    })
+    .await;
     fake.reset_hits();
     let again = fetch("alpha").await;
     assert_eq!(
