@@ -400,6 +400,22 @@ pub(super) async fn lead(
     }
 }
 
+/// The fill's first progress that `reached` accepts, or its last one if the fill went away.
+async fn first_progress(
+    progress: &mut watch::Receiver<Progress>,
+    reached: impl Fn(&Progress) -> bool,
+) -> Progress {
+    loop {
+        let now = progress.borrow_and_update().clone();
+        if reached(&now) {
+            return now;
+        }
+        if progress.changed().await.is_err() {
+            return progress.borrow().clone();
+        }
+    }
+}
+
 /// The answer to a checked refill once it is settled: the stored copy, or why not.
 async fn checked(
     state: &AppState,
@@ -408,15 +424,10 @@ async fn checked(
     mut progress: watch::Receiver<Progress>,
     took: Duration,
 ) -> Result<Handled, Error> {
-    let settled = loop {
-        let now = progress.borrow_and_update().clone();
-        if !matches!(now, Progress::Starting | Progress::Streaming { .. }) {
-            break now;
-        }
-        if progress.changed().await.is_err() {
-            break progress.borrow().clone();
-        }
-    };
+    let settled = first_progress(&mut progress, |now| {
+        !matches!(now, Progress::Starting | Progress::Streaming { .. })
+    })
+    .await;
     match settled {
         Progress::Done { meta } => {
             let Some(pin) = state.fills.store().pin(meta.fill) else {
@@ -451,15 +462,7 @@ pub(super) async fn wait(
     // Waiting for the leader's answer first lets a caller with the same credentials be
     // authorized by it instead of by a probe of its own.
     let waiting = state.fills.waiting_guard();
-    let state_now = loop {
-        let now = progress.borrow_and_update().clone();
-        if !matches!(now, Progress::Starting) {
-            break now;
-        }
-        if progress.changed().await.is_err() {
-            break progress.borrow().clone();
-        }
-    };
+    let state_now = first_progress(&mut progress, |now| !matches!(now, Progress::Starting)).await;
     drop(waiting);
     let (fill, length, stored_headers) = match &state_now {
         Progress::Streaming { head, .. } => (head.fill, head.content_length, head.headers.clone()),
