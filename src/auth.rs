@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use rand::RngCore;
 use ring::hmac;
 
@@ -21,12 +21,13 @@ use crate::route::Api;
 use crate::storage::Store;
 
 /// Headers GitLab reads credentials from (any API, any era).
-const CREDENTIAL_HEADERS: [&str; 5] = [
-    "authorization",
-    "private-token",
-    "job-token",
-    "deploy-token",
-    "cookie",
+/// (Names built once: a lookup by `&str` parses the name again on every request.)
+const CREDENTIAL_HEADERS: [HeaderName; 5] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("private-token"),
+    HeaderName::from_static("job-token"),
+    HeaderName::from_static("deploy-token"),
+    http::header::COOKIE,
 ];
 /// Query parameters GitLab reads credentials from.
 const CREDENTIAL_PARAMS: [&str; 3] = ["private_token", "job_token", "access_token"];
@@ -132,10 +133,10 @@ impl Caller {
     pub fn from_request(key: &FingerprintKey, headers: &HeaderMap, query: Option<&str>) -> Caller {
         let mut mac = hmac::Context::with_key(&key.keyed);
         let mut anonymous = true;
-        for name in CREDENTIAL_HEADERS {
+        for name in &CREDENTIAL_HEADERS {
             for value in headers.get_all(name) {
                 anonymous = false;
-                feed(&mut mac, b"h", name.as_bytes(), value.as_bytes());
+                feed(&mut mac, b"h", name.as_str().as_bytes(), value.as_bytes());
             }
         }
         if let Some(query) = query {

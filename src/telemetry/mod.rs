@@ -1,7 +1,9 @@
 //! Logging: tracing-subscriber set up as text or JSON behind a non-blocking writer, and the one
 //! access-log event per request.
 
-use std::io::IsTerminal;
+mod access_line;
+
+use std::io::{IsTerminal, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +13,12 @@ use bytes::Bytes;
 use http::Method;
 use http_body::{Frame, SizeHint};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use self::access_line::{AccessLines, TARGET as ACCESS_TARGET};
 
 use crate::cache::CacheOutcome;
 use crate::config::{LogConfig, LogFormat};
@@ -34,33 +41,56 @@ impl LogGuard {
 
 /// Installs the global subscriber, writing to standard output from a thread of its own
 /// through a queue of `queue_lines`: a consumer that stops reading (a full pipe, a stuck
-/// collector) costs dropped lines, never a stalled request. Colours only on a terminal.
-/// Fails if the filter does not parse.
+/// collector) costs dropped lines, never a stalled request. The writer thread writes what
+/// has queued up in one go. Colours only on a terminal. Access events are written by
+/// [`AccessLines`], everything else by tracing-subscriber's formatter. Fails if the filter does
+/// not parse.
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&config.filter)
         .map_err(|e| format!("log filter {:?}: {e}", config.filter))?;
-    let stdout = std::io::stdout();
-    let ansi = stdout.is_terminal();
+    let ansi = std::io::stdout().is_terminal();
     let (writer, worker) = NonBlockingBuilder::default()
         .buffered_lines_limit(config.queue_lines)
         .lossy(true)
         .thread_name("gitlab-pkg-cache-log")
-        .finish(stdout);
+        .finish(batched_stdout());
     let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let general = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_ansi(ansi)
-        .with_writer(writer);
-    let result = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .with_writer(writer.clone());
+    let general = match config.format {
+        LogFormat::Text => general.boxed(),
+        LogFormat::Json => general.json().flatten_event(true).boxed(),
     };
-    result.map_err(|e| format!("installing the logger: {e}"))?;
+    let access = AccessLines::new(writer, config.format == LogFormat::Json);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(general.with_filter(filter_fn(|meta| meta.target() != ACCESS_TARGET)))
+        .with(access.with_filter(filter_fn(|meta| meta.target() == ACCESS_TARGET)))
+        .try_init()
+        .map_err(|e| format!("installing the logger: {e}"))?;
     Ok(LogGuard {
         _worker: worker,
         dropped,
     })
+}
+
+/// Standard output behind a buffer the writer thread flushes after each batch of lines, so a
+/// busy proxy makes one write per batch rather than one per line (`Stdout` itself flushes at
+/// every newline).
+fn batched_stdout() -> Box<dyn Write + Send> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() {
+            return Box::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::fs::File::from(fd),
+            ));
+        }
+    }
+    Box::new(std::io::stdout())
 }
 
 /// What the access log says about one request. It never holds a query string or a header:
@@ -155,9 +185,9 @@ fn emit(log: &AccessLog, bytes: u64, complete: bool) {
     let upstream_ms = log.upstream.map(|d| d.as_secs_f64() * 1000.0);
     tracing::info!(
         target: "gitlab_pkg_cache::access",
-        method = %log.method,
+        method = log.method.as_str(),
         route = log.route,
-        path = %log.path,
+        path = log.path.as_str(),
         status = log.status,
         cache = log.outcome.as_str(),
         upstream_ms,
