@@ -2,6 +2,7 @@
 //! access-log event per request.
 
 mod access_line;
+mod queue;
 
 use std::io::{IsTerminal, Write};
 use std::pin::Pin;
@@ -12,13 +13,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use http_body::{Frame, SizeHint};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use self::access_line::{AccessLines, TARGET as ACCESS_TARGET};
+use self::queue::{LogQueue, QueueGuard};
 
 use crate::cache::CacheOutcome;
 use crate::config::{LogConfig, LogFormat};
@@ -27,34 +28,30 @@ use crate::metrics::Metrics;
 /// Keeps the log writer thread running; dropping it writes out what is still queued. Hold
 /// it for the life of the process.
 pub struct LogGuard {
-    _worker: WorkerGuard,
-    dropped: ErrorCounter,
+    _worker: QueueGuard,
+    queue: LogQueue,
 }
 
 impl LogGuard {
     /// Lines dropped so far because the queue to the writer thread was full.
     pub fn dropped_lines(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
-        let dropped = self.dropped.clone();
-        move || dropped.dropped_lines() as u64
+        let queue = self.queue.clone();
+        move || queue.dropped()
     }
 }
 
 /// Installs the global subscriber, writing to standard output from a thread of its own
-/// through a queue of `queue_lines`: a consumer that stops reading (a full pipe, a stuck
-/// collector) costs dropped lines, never a stalled request. The writer thread writes what
-/// has queued up in one go. Colours only on a terminal. Access events are written by
+/// through a queue of `queue_lines` ([`queue`]): a consumer that stops reading (a full pipe,
+/// a stuck collector) costs dropped lines, never a stalled request. Colours only on a
+/// terminal. Access events are written by
 /// [`AccessLines`], everything else by tracing-subscriber's formatter. Fails if the filter does
 /// not parse.
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&config.filter)
         .map_err(|e| format!("log filter {:?}: {e}", config.filter))?;
     let ansi = std::io::stdout().is_terminal();
-    let (writer, worker) = NonBlockingBuilder::default()
-        .buffered_lines_limit(config.queue_lines)
-        .lossy(true)
-        .thread_name("gitlab-pkg-cache-log")
-        .finish(batched_stdout());
-    let dropped = writer.error_counter();
+    let (writer, worker) = LogQueue::start(stdout(), config.queue_lines)
+        .map_err(|e| format!("starting the log writer thread: {e}"))?;
     let general = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_ansi(ansi)
@@ -63,7 +60,7 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
         LogFormat::Text => general.boxed(),
         LogFormat::Json => general.json().flatten_event(true).boxed(),
     };
-    let access = AccessLines::new(writer, config.format == LogFormat::Json);
+    let access = AccessLines::new(writer.clone(), config.format == LogFormat::Json);
     tracing_subscriber::registry()
         .with(filter)
         .with(general.with_filter(filter_fn(|meta| meta.target() != ACCESS_TARGET)))
@@ -72,22 +69,18 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
         .map_err(|e| format!("installing the logger: {e}"))?;
     Ok(LogGuard {
         _worker: worker,
-        dropped,
+        queue: writer,
     })
 }
 
-/// Standard output behind a buffer the writer thread flushes after each batch of lines, so a
-/// busy proxy makes one write per batch rather than one per line (`Stdout` itself flushes at
-/// every newline).
-fn batched_stdout() -> Box<dyn Write + Send> {
+/// Standard output as a plain file, so that a batch of lines is one `write` (`Stdout` itself
+/// writes at every newline).
+fn stdout() -> Box<dyn Write + Send> {
     #[cfg(unix)]
     {
         use std::os::fd::AsFd;
         if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() {
-            return Box::new(std::io::BufWriter::with_capacity(
-                64 * 1024,
-                std::fs::File::from(fd),
-            ));
+            return Box::new(std::fs::File::from(fd));
         }
     }
     Box::new(std::io::stdout())
@@ -157,11 +150,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut inner = this.inner;
+        let polled = inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
+                }
+                // hyper does not poll a body that says it has ended (a whole answer in one
+                // frame) again, so `None` never comes.
+                if inner.is_end_stream() {
+                    *this.complete = true;
                 }
             }
             Poll::Ready(None) => *this.complete = true,
