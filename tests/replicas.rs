@@ -308,6 +308,16 @@ async fn a_new_replica_with_an_empty_disk_serves_from_the_bucket() {
         0,
         "an empty disk"
     );
+    // A HEAD is answered from the bucket's reference: no byte read, nothing copied in.
+    let r = client::request("HEAD", &format!("{}{}", fresh.url(), paths[2]), &[], None).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("hit")));
+    let length = bodies[2].len().to_string();
+    assert_eq!(r.header("content-length"), Some(length.as_str()));
+    assert!(r.body.is_empty());
+    assert_eq!(fresh.state.fills.store().usage().artifacts, 0, "not copied");
+    let fresh_stats = fresh.state.leases.as_ref().expect("shared tier").stats();
+    assert_eq!(fresh_stats.bucket_hits.get(), 0, "the blob was not opened");
+
     // The zip first: its authorization asks GitLab for the version's `.info` (a decision per
     // replica), never for the zip's bytes.
     for (path, body) in paths.iter().zip(&bodies).rev() {

@@ -89,14 +89,9 @@ pub(super) async fn artifact(
             state.artifacts.invalidate(&key);
         }
     }
-    // A GET that misses locally streams the shared bucket's copy (below) rather than
-    // waiting for a whole copy into the local tier, which `lookup_pinned` would make.
-    let found = if head {
-        store.lookup_pinned(&key).await
-    } else {
-        store.lookup_pinned_here(&key).await
-    };
-    match found {
+    // A miss here is answered from the shared bucket below (a GET streams its copy, a HEAD
+    // reads its reference) rather than after a whole copy into the local tier.
+    match store.lookup_pinned_here(&key).await {
         Ok(Some((meta, pin))) => {
             let took = match authorize(state, route, decision, &headers, head).await? {
                 Authorized::Yes(took) => took,
@@ -143,12 +138,15 @@ pub(super) async fn artifact(
             tracing::warn!(%key, error = %e, "artifact store lookup failed; fetching from GitLab")
         }
     }
-    if !head {
-        if let Some(handled) =
-            from_shared_tier(state, route, decision, &headers, &key, size).await?
+    if head {
+        if let Some(handled) = head_from_shared_tier(state, route, decision, &headers, &key).await?
         {
             return Ok(handled);
         }
+    } else if let Some(handled) =
+        from_shared_tier(state, route, decision, &headers, &key, size).await?
+    {
+        return Ok(handled);
     }
     if let Some(not_found) = remembered_not_found(
         state,
@@ -280,6 +278,36 @@ async fn from_shared_tier(
             )))
         }
     }
+}
+
+/// A HEAD for an artifact only the shared bucket holds: answered from its reference (length
+/// and headers) after the caller's authorization, without reading or copying its bytes.
+async fn head_from_shared_tier(
+    state: &AppState,
+    route: &PackageRoute,
+    decision: &DecisionKey,
+    headers: &Forward<'_>,
+    key: &str,
+) -> Result<Option<Handled>, Error> {
+    let shared = match state.fills.store().shared_head(key).await {
+        Ok(Some(shared)) => shared,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "shared tier unreadable; asking GitLab");
+            return Ok(None);
+        }
+    };
+    let took = match authorize(state, route, decision, headers, true).await? {
+        Authorized::Yes(took) => took,
+        Authorized::No(refusal) => return Ok(Some(refusal)),
+    };
+    Ok(Some(artifact_response(
+        &shared.headers,
+        Some(shared.len),
+        body::empty(),
+        CacheOutcome::Hit,
+        took,
+    )))
 }
 
 /// Which memory limit applies to a route's artifacts.

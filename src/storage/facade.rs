@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{
     ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, PinGuard,
-    SharedCopy, StoreError, Usage,
+    SharedCopy, SharedHead, StoreError, Usage,
 };
 
 /// Cheap to clone. Calls that may touch the disk run on `spawn_blocking`; `pin`, `touch`,
@@ -69,6 +69,11 @@ impl Store {
     pub async fn shared_copy(&self, key: &str) -> Result<Option<SharedCopy>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |s| s.shared_copy(&key)).await
+    }
+
+    pub async fn shared_head(&self, key: &str) -> Result<Option<SharedHead>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.shared_head(&key)).await
     }
 
     pub async fn begin_copy(&self, key: &str) -> Result<FillId, StoreError> {

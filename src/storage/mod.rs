@@ -74,6 +74,13 @@ pub struct SharedCopy {
     pub body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>,
 }
 
+/// What another tier records of an artifact, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedHead {
+    pub len: u64,
+    pub headers: Vec<(String, String)>,
+}
+
 impl fmt::Debug for SharedCopy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedCopy")
@@ -249,6 +256,14 @@ pub trait ArtifactStore: Send + Sync + 'static {
     /// streaming, so a caller can be served while it is copied in with
     /// [`ArtifactStore::begin_copy`]. `Ok(None)` when no other tier has it (the default).
     fn shared_copy(&self, key: &str) -> Result<Option<SharedCopy>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// What another tier (the shared bucket) records of `key`, its length and headers, without
+    /// opening its bytes: enough to answer a HEAD. `Ok(None)` when no other tier has it (the
+    /// default).
+    fn shared_head(&self, key: &str) -> Result<Option<SharedHead>, StoreError> {
         let _ = key;
         Ok(None)
     }

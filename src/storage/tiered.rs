@@ -25,7 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::s3::{BlobRef, BlobUpload, Bucket, RefCommit, Taken};
 use super::{
     ArtifactMeta, ArtifactStore, ChunkReader, Commit, EvictionPolicy, EvictionReport, FillId,
-    PinGuard, SharedCopy, StoreError, Usage,
+    PinGuard, SharedCopy, SharedHead, StoreError, Usage,
 };
 
 /// Counters of the shared tier; the metrics endpoint exposes them.
@@ -327,6 +327,20 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
 
     /// The bucket's copy of `key`, streaming; the caller copies it in with `begin_copy`.
     /// Bucket errors read as "not there" (counted and logged), as in `lookup`.
+    fn shared_head(&self, key: &str) -> Result<Option<SharedHead>, StoreError> {
+        match self.bucket.get_ref(key) {
+            Ok(Some(reference)) => Ok(Some(SharedHead {
+                len: reference.len,
+                headers: reference.headers,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.bucket_failed("reading a reference", key, &e);
+                Ok(None)
+            }
+        }
+    }
+
     fn shared_copy(&self, key: &str) -> Result<Option<SharedCopy>, StoreError> {
         let reference = match self.bucket.get_ref(key) {
             Ok(Some(reference)) => reference,
