@@ -454,10 +454,71 @@ async fn older_bundles_and_late_deltas_roll_nothing_back() {
     assert!(imported.success(), "{}", imported.report);
     let imported = run(admin(d, &b, "import", &["new.tar"])).await;
     assert!(imported.success(), "{}", imported.report);
+    // alpha 1.0.0 was pushed again with other bytes: the newer bundle's copy is held back
+    // like a refill from GitLab would be, and listed; the first copy stays.
+    assert!(
+        imported.stdout.contains("1 held back") && imported.stdout.contains(&alpha),
+        "{}",
+        imported.report
+    );
+    assert_eq!(
+        held(&b, &alpha),
+        held(&early, &alpha),
+        "the first copy stays"
+    );
+    let changes = run(tool(
+        d,
+        &[
+            "admin",
+            "integrity",
+            "--proxy",
+            &b.url(),
+            "--admin-token-file",
+            token_file(d).to_str().unwrap(),
+            "--json",
+        ],
+    ))
+    .await;
+    assert!(changes.success(), "{}", changes.report);
+    let listed: serde_json::Value = serde_json::from_str(&changes.stdout).unwrap();
+    let listed = listed
+        .as_array()
+        .or_else(|| listed["changes"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["key"] == alpha.as_str() && c["how"] == "bundle"),
+        "{}",
+        changes.stdout
+    );
+    // The operator takes the new copy: purge the version, import again.
+    let purged = run(tool(
+        d,
+        &[
+            "admin",
+            "purge",
+            "--proxy",
+            &b.url(),
+            "--admin-token-file",
+            token_file(d).to_str().unwrap(),
+            "--project",
+            "20",
+            "--gem",
+            "alpha",
+            "--version",
+            "1.0.0",
+        ],
+    ))
+    .await;
+    assert!(purged.success(), "{}", purged.report);
+    let imported = run(admin(d, &b, "import", &["new.tar"])).await;
+    assert!(imported.success(), "{}", imported.report);
     assert_eq!(
         held(&b, &alpha),
         held(&late, &alpha),
-        "newer content replaces"
+        "after the purge, the newer content is taken"
     );
     let served_list = |b: &TestProxy| {
         let url = format!("{}{list}", b.url());

@@ -29,6 +29,7 @@ use crate::airgap::bundle::{self, ArtifactEntry, Manifest, RecordEntry, BLOBS, M
 use crate::airgap::gosum;
 use crate::body;
 use crate::cache::memory::persisted_fetched_at;
+use crate::integrity::{self, Fingerprint};
 use crate::protocol::goproxy::{case_decode, GoRequest};
 use crate::route::PackageRequest;
 use crate::state::AppState;
@@ -400,7 +401,14 @@ pub async fn import(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErr
         report,
         records_written,
         artifacts_replaced,
+        held_back,
     } = result?;
+    for (key, first, seen) in held_back {
+        state
+            .integrity
+            .report_seen(&key, first, seen, "bundle")
+            .await;
+    }
     // What changed behind the memory tiers is read from the store again.
     for key in &records_written {
         state.memory.forget(key).await;
@@ -410,13 +418,14 @@ pub async fn import(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErr
     }
     state.held_gems.forget();
     let detail = format!(
-        "import {}: {} artifacts added ({} replaced), {} already held, {} records, {} newer items kept",
+        "import {}: {} artifacts added ({} replaced), {} already held, {} records, {} newer items kept, {} held back (integrity)",
         report["id"].as_str().unwrap_or(""),
         report["added"],
         report["replaced"],
         report["already_held"],
         report["records"],
-        report["kept_newer"]
+        report["kept_newer"],
+        report["held_back"].as_array().map_or(0, Vec::len)
     );
     Ok(Reply {
         response: super::json_response(StatusCode::OK, report.to_string()),
@@ -445,6 +454,9 @@ struct Imported {
     records_written: Vec<String>,
     /// Artifacts whose held content was replaced by a newer bundle's.
     artifacts_replaced: Vec<String>,
+    /// Artifacts whose bundle content differs from the first copy recorded here: not
+    /// imported; (key, first copy, bundle's copy).
+    held_back: Vec<(String, Fingerprint, Fingerprint)>,
 }
 
 /// When the newest bundle imported here was written (milliseconds; 0 if none was).
@@ -643,6 +655,22 @@ fn import_blocking(
             _ => {}
         }
     }
+    // Other content than the first copy recorded here (a moved tag or a re-pushed gem, as the
+    // exporting side saw it): held back as a refill from GitLab would be, and listed as an
+    // integrity change, until an operator purges the version here.
+    let mut held_back = Vec::new();
+    for artifact in &manifest.artifacts {
+        if held.contains(&artifact.key) || kept_newer.contains(&artifact.key) {
+            continue;
+        }
+        if let Some(first) = integrity::first_copy_in(store, &artifact.key)? {
+            let seen = fingerprint_of(artifact);
+            if !first.same_content(&seen) {
+                held_back.push((artifact.key.clone(), first, seen));
+            }
+        }
+    }
+    kept_newer.extend(held_back.iter().map(|(key, _, _)| key.clone()));
     for artifact in &manifest.artifacts {
         if kept_newer.contains(&artifact.key) {
             continue;
@@ -755,6 +783,8 @@ fn import_blocking(
             }
         }
         store.set_kept(&artifact.key, true)?;
+        // What arrived first is the first copy here, as a fill's would be.
+        integrity::record_first_in(store, &artifact.key, fingerprint_of(artifact))?;
     }
     let mut records_written = Vec::new();
     for (record, file) in newer_records {
@@ -781,7 +811,8 @@ fn import_blocking(
         "added": added,
         "replaced": artifacts_replaced.len(),
         "already_held": held.len(),
-        "kept_newer": kept_newer.len() as u64 + records_kept,
+        "kept_newer": (kept_newer.len() - held_back.len()) as u64 + records_kept,
+        "held_back": held_back.iter().map(|(key, _, _)| key.as_str()).collect::<Vec<_>>(),
         "records": manifest.records.len(),
         "blobs_received": staged.len(),
     });
@@ -789,7 +820,18 @@ fn import_blocking(
         report,
         records_written,
         artifacts_replaced,
+        held_back,
     })
+}
+
+/// The fingerprint a bundle declares for an artifact (its Go hashes checked on import where
+/// its bytes came with it).
+fn fingerprint_of(artifact: &ArtifactEntry) -> Fingerprint {
+    Fingerprint {
+        sha256: artifact.sha256.clone(),
+        len: artifact.size,
+        h1: artifact.h1.clone().or_else(|| artifact.gomod_h1.clone()),
+    }
 }
 
 /// Writes a verified blob into the store under the artifact's key; the store's commit checks

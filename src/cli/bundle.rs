@@ -313,6 +313,15 @@ async fn run_import(args: &ImportArgs, admin_token_file: Option<&Path>) -> Resul
             report["kept_newer"]
         ));
     }
+    if let Some(held_back) = report["held_back"].as_array().filter(|h| !h.is_empty()) {
+        let keys: Vec<&str> = held_back.iter().filter_map(|k| k.as_str()).collect();
+        notes.push_str(&format!(
+            "; {} held back: their content differs from the first copy held here (see `admin \
+             integrity`; purge a version to take the bundle's copy): {}",
+            keys.len(),
+            keys.join(", ")
+        ));
+    }
     Ok(format!(
         "imported {id}: {} artifacts ({} added, {} already held), {} metadata answers{notes}",
         report["artifacts"], report["added"], report["already_held"], report["records"],

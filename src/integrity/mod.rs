@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::protocol::goproxy::{case_decode, GoRequest};
 use crate::protocol::rubygems::GemRequest;
 use crate::route::{Endpoint, PackageRequest, PackageRoute};
-use crate::storage::{FillId, Store, StoreError};
+use crate::storage::{ArtifactStore, FillId, Store, StoreError};
 
 use fill_reader::FillReader;
 
@@ -36,6 +36,41 @@ const CHANGES: &str = "integrity-changes";
 const CHANGES_KEY: &[u8] = b"list";
 /// Changes kept in the list; the oldest go first beyond it (the metric still counts them).
 const MAX_CHANGES: usize = 1000;
+
+/// The first copy recorded for `key`, read from `store` directly (for blocking callers such as
+/// a bundle import).
+pub fn first_copy_in(
+    store: &dyn ArtifactStore,
+    key: &str,
+) -> Result<Option<Fingerprint>, StoreError> {
+    let Some(raw) = store.get_record(PINNED, key.as_bytes())? else {
+        return Ok(None);
+    };
+    serde_json::from_slice::<Pinned>(&raw)
+        .map(|pinned| Some(pinned.first))
+        .map_err(|e| StoreError::Corrupt {
+            key_or_fill: format!("integrity record of {key}"),
+            detail: e.to_string(),
+        })
+}
+
+/// Records `first` as the first copy of `key` unless one is recorded already (for blocking
+/// callers such as a bundle import).
+pub fn record_first_in(
+    store: &dyn ArtifactStore,
+    key: &str,
+    first: Fingerprint,
+) -> Result<(), StoreError> {
+    if Subject::of_key(key).is_none() || store.get_record(PINNED, key.as_bytes())?.is_some() {
+        return Ok(());
+    }
+    let record = Pinned {
+        first,
+        stored_unix: unix_now(),
+    };
+    let value = serde_json::to_vec(&record).map_err(|e| StoreError::Io(e.to_string()))?;
+    store.put_record(PINNED, key.as_bytes(), &value)
+}
 
 /// What identifies a copy of an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +86,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// Whether `other` is the same content. GitLab rebuilds zips on every request, so zips
     /// with an `h1:` on both sides compare by it; everything else by SHA-256.
-    fn same_content(&self, other: &Fingerprint) -> bool {
+    pub fn same_content(&self, other: &Fingerprint) -> bool {
         match (&self.h1, &other.h1) {
             (Some(a), Some(b)) => a == b,
             _ => self.sha256 == other.sha256,
@@ -452,6 +487,14 @@ impl Integrity {
                 None
             }
             Err(_) => None,
+        }
+    }
+
+    /// Lists a difference between the first copy of `key` and content seen some other way
+    /// than a fill (`how`: e.g. `bundle`, for an imported bundle carrying other bytes).
+    pub async fn report_seen(&self, key: &str, pinned: Fingerprint, seen: Fingerprint, how: &str) {
+        if let Some(subject) = Subject::of_key(key) {
+            self.report(key, subject, pinned, seen, how).await;
         }
     }
 
