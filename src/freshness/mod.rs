@@ -74,9 +74,14 @@ impl Freshness {
     /// Moves the project on: every answer of it cached before now is of an older
     /// generation. Returns the new moment.
     pub fn bump(&self, project: &str) -> u64 {
-        let now = self.clock.now_ms();
+        self.bump_at(project, self.clock.now_ms())
+    }
+
+    /// Moves the project on to `at_ms` (a time already taken, such as the stamp of the new
+    /// answer that showed the change, so that answer itself stays current).
+    pub fn bump_at(&self, project: &str, at_ms: u64) -> u64 {
         self.with(project, |state| {
-            state.moment_ms = state.moment_ms.max(now);
+            state.moment_ms = state.moment_ms.max(at_ms);
             state.moment_ms
         })
     }

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use super::authorize::{authorize, confirmed_earlier, Authorized};
 use super::metadata::{
-    answer_entry, is_current, keep_answer, remembered_not_found, serve_cached, took_in,
+    is_current, keep_answer, keep_gitlab_answer, remembered_not_found, serve_cached,
 };
 use super::relay::{body_error, fetch, get, Fetched, Forward};
 use super::Handled;
@@ -136,10 +136,17 @@ pub(super) async fn batch(
                 };
                 let body = Bytes::from(render(&[(name.as_str(), entries.as_slice())])?);
                 let previous = gem.cached.as_ref().map(|c| c.response.clone());
-                took_in(state, &gem.route, previous.as_deref(), &body);
                 saw(state, &gem.route, &entries).await;
-                let entry = Arc::new(answer_entry(state, &parts.headers, body));
-                state.memory.insert(gem.key.clone(), entry.clone()).await;
+                let (route, key) = (&gem.route, gem.key.clone());
+                let entry = keep_gitlab_answer(
+                    state,
+                    route,
+                    key,
+                    previous.as_deref(),
+                    &parts.headers,
+                    body,
+                )
+                .await;
                 gem.cached = Some(Lookup {
                     response: entry,
                     age: std::time::Duration::ZERO,

@@ -267,10 +267,17 @@ pub(super) fn refresh_in_background(
                 let limit = usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64())
                     .unwrap_or(usize::MAX);
                 if let Ok(Collected::Complete(bytes)) = collect_limited(incoming, limit).await {
-                    took_in(&state, &route, previous.as_deref(), &bytes);
                     super::dependencies::saw_answer(&state, &route, &bytes).await;
-                    let entry = answer_entry(&state, &parts.headers, bytes);
-                    state.memory.insert(key.clone(), Arc::new(entry)).await;
+                    let previous = previous.as_deref();
+                    keep_gitlab_answer(
+                        &state,
+                        &route,
+                        key.clone(),
+                        previous,
+                        &parts.headers,
+                        bytes,
+                    )
+                    .await;
                 }
             }
             Ok(Fetched::Answer(response, _)) if response.status() == StatusCode::NOT_MODIFIED => {
@@ -338,15 +345,37 @@ fn revalidation(
     get(route.path_and_query(), headers, true)
 }
 
+/// Keeps GitLab's new answer for `key` (see [`took_in`]); a project whose answers changed
+/// moves on to the new answer's stamp only once that answer is in place, so no request in
+/// between finds the old answer out of date with nothing newer yet to serve.
+pub(super) async fn keep_gitlab_answer(
+    state: &AppState,
+    route: &PackageRoute,
+    key: String,
+    previous: Option<&CachedResponse>,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> Arc<CachedResponse> {
+    let moved = took_in(state, route, previous, &body);
+    let entry = Arc::new(answer_entry(state, headers, body));
+    state.memory.insert(key, entry.clone()).await;
+    if moved {
+        state
+            .freshness
+            .bump_at(route.project.as_raw(), entry.fetched_at_ms);
+    }
+    entry
+}
+
 /// Takes GitLab's new answer in: versions awaited after a push that it shows are no longer
-/// awaited there, and a project whose answers changed moves on to a new moment, so that its
-/// other cached answers are revalidated before they are served again.
-pub(super) fn took_in(
+/// awaited there. True if the project's answers changed, so that it must move on to a new
+/// moment and its other cached answers be revalidated before they are served again.
+fn took_in(
     state: &AppState,
     route: &PackageRoute,
     previous: Option<&CachedResponse>,
     body: &Bytes,
-) {
+) -> bool {
     let project = route.project.as_raw();
     let mut moved = previous.is_some_and(|p| p.body != *body);
     if let PackageRequest::Gem(request) = &route.request {
@@ -362,9 +391,7 @@ pub(super) fn took_in(
             }
         }
     }
-    if moved {
-        state.freshness.bump(project);
-    }
+    moved
 }
 
 /// A cached answer from GitLab's headers and body, stamped now (after any [`took_in`]).
@@ -393,10 +420,16 @@ async fn keep_metadata(
         usize::try_from(state.config.cache.memory_entry_max_bytes.as_u64()).unwrap_or(usize::MAX);
     match collect_limited(incoming, limit).await.map_err(body_error)? {
         Collected::Complete(bytes) => {
-            took_in(state, route, previous.as_deref(), &bytes);
             super::dependencies::saw_answer(state, route, &bytes).await;
-            let entry = Arc::new(answer_entry(state, &parts.headers, bytes));
-            state.memory.insert(key, entry.clone()).await;
+            let entry = keep_gitlab_answer(
+                state,
+                route,
+                key,
+                previous.as_deref(),
+                &parts.headers,
+                bytes,
+            )
+            .await;
             Ok(serve_cached(
                 &entry,
                 StatusCode::OK,
