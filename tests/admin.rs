@@ -156,10 +156,12 @@ async fn pinned_artifacts_are_never_evicted() {
         Some("miss"),
         "beta was evicted"
     );
-    // Its refill commits just after its body: wait, so the store holds still for the stats.
+    // Its refill commits just after its body, and the eviction it makes runs after the
+    // commit: wait for both, so the store holds still for the stats.
     let beta = path("beta");
-    support::eventually("beta is stored again", || {
-        proxy.state.fills.store().keys("").contains(&beta)
+    let store = proxy.state.fills.store().clone();
+    support::eventually("beta is stored again and the budget kept", || {
+        store.keys("").contains(&beta) && store.usage().bytes <= 250_000
     })
     .await;
 
