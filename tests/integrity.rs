@@ -348,26 +348,42 @@ async fn a_sampled_recheck_finds_a_moved_tag_while_the_first_copy_is_served() {
         assert_eq!(&again.body, body, "{path}");
     }
 
-    // The .info whose change was seen is now the only good copy: pinned, it survives an
-    // eviction of everything and is still served. The zip, not rechecked, was evicted; its
-    // refill is compared first and, moved, held back.
+    // The version whose change was seen is now the only good copy of the old content: its
+    // stored artifacts, the zip included (not rechecked itself), are pinned, survive an
+    // eviction of everything and are still served; GitLab is not asked for the zip.
     support::eventually("the changed version is pinned", || {
-        proxy.state.fills.store().kept().contains(&info)
+        let kept = proxy.state.fills.store().kept();
+        kept.contains(&info) && kept.contains(&zip)
+    })
+    .await;
+    let zip_hits = fake.hits(&zip);
+    let other = format!("{OTHER_GO}/v1.0.0.zip");
+    assert_eq!(get(&proxy, &other).await.status, 200);
+    support::eventually("another project's zip is stored", || {
+        is_stored(&proxy, &other)
     })
     .await;
     evict_everything(&proxy).await;
-    assert!(is_stored(&proxy, &info));
-    let kept = get(&proxy, &info).await;
+    assert!(!is_stored(&proxy, &other), "what is not pinned is evicted");
+    for (path, body) in [(&info, &first_info.body), (&zip, &first_zip.body)] {
+        assert!(is_stored(&proxy, path), "{path}");
+        let kept = get(&proxy, path).await;
+        assert_eq!(
+            (kept.header("x-cache"), &kept.body),
+            (Some("hit"), body),
+            "{path}"
+        );
+    }
     assert_eq!(
-        (kept.header("x-cache"), &kept.body),
-        (Some("hit"), &first_info.body)
+        fake.hits(&zip),
+        zip_hits,
+        "the zip was served from the pinned copy"
     );
-    let zip_refill = get(&proxy, &zip).await;
-    assert_eq!(zip_refill.status, 502, "{}", zip_refill.text());
 
-    // Purging lifts that pin with the fingerprint.
+    // Purging lifts the version's pins with the fingerprint.
     assert!(proxy.state.integrity.forget(&info).await.unwrap());
-    assert!(!proxy.state.fills.store().kept().contains(&info));
+    let kept = proxy.state.fills.store().kept();
+    assert!(!kept.contains(&info) && !kept.contains(&zip), "{kept:?}");
 }
 
 /// The listed changes once `condition` holds for them (bounded wait: they are recorded just

@@ -72,6 +72,37 @@ pub fn record_first_in(
     store.put_record(PINNED, key.as_bytes(), &value)
 }
 
+/// The keys of every artifact of the version `key` is one of: a Go version's `.info`, `.mod`
+/// and `.zip`; a gem's `.gem` and `.gemspec.rz`. Just `key` for anything else.
+fn version_keys(key: &str) -> Vec<String> {
+    if key.contains("/@v/") {
+        for ext in [".info", ".mod", ".zip"] {
+            if let Some(stem) = key.strip_suffix(ext) {
+                return [".info", ".mod", ".zip"]
+                    .iter()
+                    .map(|ext| format!("{stem}{ext}"))
+                    .collect();
+            }
+        }
+    }
+    if let Some((base, stem)) = key
+        .rsplit_once("/gems/")
+        .and_then(|(base, file)| Some((base, file.strip_suffix(".gem")?)))
+    {
+        return vec![
+            key.to_owned(),
+            format!("{base}/quick/Marshal.4.8/{stem}.gemspec.rz"),
+        ];
+    }
+    if let Some((base, stem)) = key
+        .rsplit_once("/quick/Marshal.4.8/")
+        .and_then(|(base, file)| Some((base, file.strip_suffix(".gemspec.rz")?)))
+    {
+        return vec![format!("{base}/gems/{stem}.gem"), key.to_owned()];
+    }
+    vec![key.to_owned()]
+}
+
 /// What identifies a copy of an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
@@ -422,9 +453,11 @@ impl Integrity {
         let had_change = changes.len() != before;
         if had_change {
             self.save_changes(&changes).await?;
-            // The change had pinned the first copy (see `keep_first_copy`); the operator
-            // has now decided about it.
-            self.store.set_kept(key, false).await?;
+            // The change had pinned the version's first copies (see `keep_first_copy`); the
+            // operator has now decided about it.
+            for key in version_keys(key) {
+                self.store.set_kept(&key, false).await?;
+            }
         }
         Ok(had_pin || had_change)
     }
@@ -558,17 +591,21 @@ impl Integrity {
 
     /// Pins the first copy of `key` if it is still stored: once GitLab serves other content,
     /// it is the only good copy left, so eviction must not take it.
+    /// The version's other artifacts too: a moved tag seen in a `.info` means the stored zip
+    /// is the one copy of the old content left, however it was noticed.
     async fn keep_first_copy(&self, key: &str) {
-        if !matches!(self.store.lookup(key).await, Ok(Some(_))) {
-            return;
-        }
-        match self.store.set_kept(key, true).await {
-            Ok(true) => tracing::warn!(
-                %key,
-                "first copy pinned after an integrity change; `gitlab-pkg-cache admin purge` lets GitLab's content in"
-            ),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(%key, error = %e, "could not pin the first copy"),
+        for key in version_keys(key) {
+            if !matches!(self.store.lookup(&key).await, Ok(Some(_))) {
+                continue;
+            }
+            match self.store.set_kept(&key, true).await {
+                Ok(true) => tracing::warn!(
+                    %key,
+                    "first copy pinned after an integrity change; `gitlab-pkg-cache admin purge` lets GitLab's content in"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%key, error = %e, "could not pin the first copy"),
+            }
         }
     }
 
@@ -581,6 +618,26 @@ impl Integrity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_is_all_its_artifacts() {
+        let go = "/api/v4/projects/1/packages/go/example.com/m/@v/v1.0.0";
+        let expected: Vec<String> = ["info", "mod", "zip"]
+            .iter()
+            .map(|ext| format!("{go}.{ext}"))
+            .collect();
+        assert_eq!(version_keys(&format!("{go}.info")), expected);
+        assert_eq!(version_keys(&format!("{go}.zip")), expected);
+        let gems = "/api/v4/projects/2/packages/rubygems";
+        let pair = vec![
+            format!("{gems}/gems/rack-3.0.0-java.gem"),
+            format!("{gems}/quick/Marshal.4.8/rack-3.0.0-java.gemspec.rz"),
+        ];
+        assert_eq!(version_keys(&pair[0]), pair);
+        assert_eq!(version_keys(&pair[1]), pair);
+        let list = format!("{go}/list");
+        assert_eq!(version_keys(&list), vec![list.clone()]);
+    }
 
     #[test]
     fn subjects_name_project_module_and_version() {
