@@ -28,6 +28,8 @@
 //! - [`integrity`]: first-copy fingerprints (SHA-256, Go `h1:`) and the changes seen since.
 //! - [`freshness`]: when cached metadata stops being current (per-project moments, pushed
 //!   versions awaited from GitLab).
+//! - [`sendfile`]: verified chunk data sent to plain-TCP clients with `sendfile(2)`: the
+//!   per-connection registry of mapped chunks and the socket writer that recognises them.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
 //! - [`upstream`]: the pooled client towards GitLab (or an upstream gitlab-pkg-cache).
@@ -55,6 +57,7 @@ pub mod integrity;
 pub mod metrics;
 pub mod protocol;
 pub mod route;
+pub mod sendfile;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -159,6 +159,8 @@ pub struct Metrics {
     evicted_artifacts: Counter,
     evicted_bytes: Counter,
     corrupt: Counter,
+    sendfile_bytes: Counter,
+    file_regions: Gauge,
     integrity_changes: Family<KindLabels, Counter>,
     log_lines_dropped: Counter,
     /// Reads the log writer's dropped-line count, and the value last copied into the counter.
@@ -208,6 +210,8 @@ impl Metrics {
             evicted_artifacts: Counter::default(),
             evicted_bytes: Counter::default(),
             corrupt: Counter::default(),
+            sendfile_bytes: Counter::default(),
+            file_regions: Gauge::default(),
             integrity_changes: Family::default(),
             log_lines_dropped: Counter::default(),
             log_drops: Mutex::new(None),
@@ -265,6 +269,16 @@ impl Metrics {
             "corrupt_artifacts",
             "Stored artifacts found damaged, dropped and fetched again",
             metrics.corrupt.clone(),
+        );
+        registry.register(
+            "sendfile_bytes",
+            "Artifact bytes sent from chunk files with sendfile(2), never copied through the proxy",
+            metrics.sendfile_bytes.clone(),
+        );
+        registry.register(
+            "file_regions",
+            "Chunk data mapped for sendfile and not yet released by its connection",
+            metrics.file_regions.clone(),
         );
         registry.register(
             "integrity_changes",
@@ -444,6 +458,28 @@ impl Metrics {
 
     pub fn corrupt_artifact(&self) {
         self.corrupt.inc();
+    }
+
+    pub fn sendfile_bytes(&self, bytes: u64) {
+        self.sendfile_bytes.inc_by(bytes);
+    }
+
+    /// Bytes sent with sendfile since start.
+    pub fn sendfile_bytes_total(&self) -> u64 {
+        self.sendfile_bytes.get()
+    }
+
+    pub fn file_region_opened(&self) {
+        self.file_regions.inc();
+    }
+
+    pub fn file_region_closed(&self) {
+        self.file_regions.dec();
+    }
+
+    /// Mapped chunk regions alive now, over every connection.
+    pub fn file_regions(&self) -> i64 {
+        self.file_regions.get()
     }
 
     pub fn integrity_change(&self, kind: &str) {

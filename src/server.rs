@@ -1,5 +1,6 @@
 //! The listener: accepts TCP (and TLS) connections, serves HTTP/1.1 and HTTP/2 with hyper's
-//! auto builder, and drains in-flight requests within a bound when asked to stop.
+//! auto builder, and drains in-flight requests within a bound when asked to stop. Plain TCP
+//! connections carry a registry of file regions whose bytes go out with `sendfile(2)`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::sendfile::{FileRegions, SendfileStream};
 use crate::service;
 use crate::state::AppState;
 
@@ -57,10 +61,17 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                 // Reap finished connection tasks so the set stays the size of what is open.
                 while connections.try_join_next().is_some() {}
                 connections.spawn(async move {
+                    // Plain TCP: verified chunk data goes out with sendfile (see crate::sendfile).
+                    let regions = FileRegions::new(state.metrics.clone());
+                    let sends_files = state.tls.is_none();
                     let service = service_fn({
                         let state = state.clone();
-                        move |request| {
+                        let regions = regions.clone();
+                        move |mut request: Request<Incoming>| {
                             let state = state.clone();
+                            if sends_files {
+                                request.extensions_mut().insert(regions.clone());
+                            }
                             async move { Ok::<_, Infallible>(service::handle(state, request, peer).await) }
                         }
                     });
@@ -86,6 +97,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                             }
                         }
                         None => {
+                            let stream = SendfileStream::new(stream, regions);
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await
                         }

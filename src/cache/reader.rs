@@ -6,8 +6,14 @@
 //! pieces before it stops asking for more (the listener's write buffer limit). Pieces are
 //! read straight from the page cache on the runtime thread when the OS can promise that the
 //! read will not block (`preadv2` with `RWF_NOWAIT` on Linux), and on the blocking pool
-//! otherwise; chunks are opened the same way (`openat2` with `RESOLVE_CACHED`). Every piece read from disk goes
-//! through its chunk's CRC, checked when the chunk's last piece is read.
+//! otherwise; chunks are opened the same way (`openat2` with `RESOLVE_CACHED`).
+//!
+//! Integrity: verified once, trusted while cached. A chunk not yet verified in this process
+//! goes through its CRC as it is read (checked when its last piece is read, before the
+//! response can complete) and is marked verified when it passes (`storage::verified`). A
+//! verified chunk is read without the CRC, and on a plain HTTP/1.1 connection it is not read
+//! by the proxy at all: it is mapped and sent with `sendfile(2)` (see `crate::sendfile`).
+//! Readers that follow a fill in flight keep the read path and its CRC.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,7 +26,10 @@ use tokio::sync::watch;
 use super::fill::{Fills, Progress};
 use crate::body::{self, Body, BoxError};
 use crate::metrics::Metrics;
-use crate::storage::{ArtifactMeta, Cached, ChunkReader, FillId, PinGuard, Store, StoreError};
+use crate::sendfile::FileRegions;
+use crate::storage::{
+    ArtifactMeta, Cached, ChunkReader, FillId, FillMarks, PinGuard, Store, StoreError,
+};
 
 /// Size of the pieces a response is read and sent in.
 pub const PIECE: usize = 64 * 1024;
@@ -48,6 +57,10 @@ pub struct Reader {
     /// Bytes to drop from the front before the first piece is returned.
     skip: u64,
     buffers: Buffers,
+    /// The chunks of a committed fill verified in this process.
+    marks: Option<Arc<FillMarks>>,
+    /// The connection's registry, when verified chunks may be sent with `sendfile`.
+    regions: Option<FileRegions>,
     _pin: PinGuard,
 }
 
@@ -89,7 +102,13 @@ impl Reader {
     }
 
     fn new(fills: &Fills, key: String, fill: FillId, source: Source, pin: PinGuard) -> Reader {
+        let marks = match &source {
+            Source::Committed { total } => Some(fills.store().verified().marks(fill, *total)),
+            Source::Following(_) => None,
+        };
         Reader {
+            marks,
+            regions: None,
             store: fills.store().clone(),
             metrics: fills.metrics().clone(),
             key,
@@ -101,6 +120,12 @@ impl Reader {
             buffers: Buffers::default(),
             _pin: pin,
         }
+    }
+
+    /// Sends verified chunks through the connection's `regions` (plain HTTP/1.1 only: other
+    /// connections have none) instead of reading them.
+    pub fn send_files_through(&mut self, regions: Option<FileRegions>) {
+        self.regions = regions;
     }
 
     /// Starts reading at byte `offset` of the artifact (chunks hold `chunk_size` bytes).
@@ -120,9 +145,15 @@ impl Reader {
         let Some(mut chunk) = self.chunk.take() else {
             return Ok(());
         };
+        if self.is_verified(self.next - 1) {
+            // Opened (so it is still there), and checked before.
+            self.chunk = Some(chunk);
+            return Ok(());
+        }
         let result = tokio::task::spawn_blocking(move || chunk.verify().map(|()| chunk)).await;
         match result {
             Ok(Ok(chunk)) => {
+                self.mark_verified(self.next - 1);
                 self.chunk = Some(chunk);
                 Ok(())
             }
@@ -141,9 +172,21 @@ impl Reader {
                 continue;
             };
             if chunk.remaining() == 0 {
+                if chunk.crc_confirmed() {
+                    self.mark_verified(self.next - 1);
+                }
                 self.chunk = None;
                 continue;
             }
+            if let Some(mapped) = self.map_verified() {
+                let Some(piece) = self.after_skip(mapped) else {
+                    continue;
+                };
+                return Ok(Some(piece));
+            }
+            let Some(chunk) = self.chunk.as_mut() else {
+                continue;
+            };
             let mut buf = self.buffers.take();
             let read = match chunk.read_cached(&mut buf) {
                 Ok(Cached::Read(n)) => Ok(n),
@@ -155,17 +198,68 @@ impl Reader {
                 Err(e) => return Err(self.failed(e).await),
             };
             buf.truncate(n);
-            let mut piece = buf.freeze();
+            let piece = buf.freeze();
             self.buffers.lend(piece.clone());
-            if self.skip > 0 {
-                let dropped = usize::try_from(self.skip).unwrap_or(usize::MAX).min(n);
-                self.skip -= dropped as u64;
-                piece = piece.slice(dropped..);
-                if piece.is_empty() {
-                    continue;
-                }
-            }
+            let Some(piece) = self.after_skip(piece) else {
+                continue;
+            };
             return Ok(Some(piece));
+        }
+    }
+
+    /// `piece` without the bytes still to be skipped; `None` if nothing is left of it.
+    fn after_skip(&mut self, piece: Bytes) -> Option<Bytes> {
+        if self.skip == 0 {
+            return Some(piece);
+        }
+        let dropped = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(piece.len());
+        self.skip -= dropped as u64;
+        let piece = piece.slice(dropped..);
+        (!piece.is_empty()).then_some(piece)
+    }
+
+    fn is_verified(&self, index: u32) -> bool {
+        self.marks.as_ref().is_some_and(|marks| marks.is_set(index))
+    }
+
+    fn mark_verified(&self, index: u32) {
+        if let Some(marks) = &self.marks {
+            marks.set(index);
+        }
+    }
+
+    /// The whole open chunk as mapped bytes for `sendfile`, when it is verified, not yet
+    /// read from and this response has a connection to send files on. The chunk is done
+    /// with once mapped. `None` keeps the read path, which also finds and reports a chunk
+    /// file shorter than its data.
+    fn map_verified(&mut self) -> Option<Bytes> {
+        let regions = self.regions.as_ref()?;
+        let chunk = self.chunk.as_ref()?;
+        let index = self.next - 1;
+        if chunk.remaining() != chunk.len() || !self.is_verified(index) {
+            return None;
+        }
+        let (file, offset) = chunk.file_data()?;
+        let on_short = {
+            let (verified, fill, key) =
+                (self.store.verified().clone(), self.fill, self.key.clone());
+            Arc::new(move || {
+                tracing::warn!(%key, chunk = index, "chunk file shrank after it was verified; checking it again on its next read");
+                verified.revoke(fill);
+            })
+        };
+        match regions.map(file, offset, chunk.len(), on_short) {
+            Ok(Some(mapped)) => {
+                self.chunk = None;
+                Some(mapped)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(key = %self.key, chunk = index, error = %e, "mapping a chunk failed; reading it");
+                None
+            }
         }
     }
 
@@ -231,7 +325,10 @@ impl Reader {
             }
         };
         match opened {
-            Ok(Some(chunk)) => {
+            Ok(Some(mut chunk)) => {
+                if self.is_verified(index) {
+                    chunk.trust();
+                }
                 self.chunk = Some(chunk);
                 self.next += 1;
                 Ok(true)
@@ -246,6 +343,7 @@ impl Reader {
     async fn failed(&mut self, e: StoreError) -> BoxError {
         self.chunk = None;
         if matches!(e, StoreError::Corrupt { .. }) {
+            self.store.verified().revoke(self.fill);
             self.metrics.corrupt_artifact();
             tracing::warn!(key = %self.key, chunk = self.next.saturating_sub(1), error = %e, "corrupt artifact dropped");
             if let Err(e) = self.store.remove(&self.key).await {

@@ -1,5 +1,6 @@
 //! `verify`: re-reads every stored artifact in the background — each chunk's checksum, then
-//! length and SHA-256 of the whole — and drops what is damaged, so it is fetched again.
+//! length and SHA-256 of the whole — and drops what is damaged, so it is fetched again (and
+//! no longer trusted by the chunks verified earlier in this process).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -7,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
-use crate::storage::{ArtifactStore, Store, StoreError};
+use crate::storage::{ArtifactStore, Store, StoreError, VerifiedChunks};
 
 /// Where a verification run stands, or how the last one ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -55,9 +56,10 @@ impl Verifier {
         };
         let verifier = self.clone();
         tokio::task::spawn_blocking(move || {
+            let verified = store.verified().clone();
             let store = store.inner();
             for key in keys {
-                let outcome = check(store.as_ref(), &key);
+                let outcome = check(store.as_ref(), &verified, &key);
                 let mut report = verifier.lock();
                 let Some(report) = report.as_mut() else {
                     return;
@@ -110,8 +112,10 @@ enum Problem {
     Unreadable(String),
 }
 
-/// Reads `key` whole; drops it when it is damaged. The bytes checked (0 if it went meanwhile).
-fn check(store: &dyn ArtifactStore, key: &str) -> Result<u64, Problem> {
+/// Reads `key` whole from disk (every chunk through its CRC, whatever was verified before);
+/// drops it when it is damaged, and revokes its chunks' marks so that no reader trusts them
+/// any longer. The bytes checked (0 if it went meanwhile).
+fn check(store: &dyn ArtifactStore, verified: &VerifiedChunks, key: &str) -> Result<u64, Problem> {
     let (meta, _pin) = match store.lookup_pinned(key) {
         Ok(Some(found)) => found,
         Ok(None) => return Ok(0),
@@ -150,6 +154,7 @@ fn check(store: &dyn ArtifactStore, key: &str) -> Result<u64, Problem> {
     let Some(reason) = damage else {
         return Ok(len);
     };
+    verified.revoke(meta.fill);
     // Only if the key still holds the damaged copy: a fresh fill may have replaced it.
     if matches!(store.lookup(key), Ok(Some(now)) if now.fill == meta.fill) {
         store

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use hyper::body::Incoming;
@@ -29,8 +29,18 @@ use crate::error::Error;
 use crate::protocol::goproxy::GoRequest;
 use crate::protocol::rubygems::GemRequest;
 use crate::route::{PackageRequest, PackageRoute};
+use crate::sendfile::FileRegions;
 use crate::state::AppState;
 use crate::upstream::X_CACHE_UPSTREAM;
+
+/// The connection's file regions for `sendfile`, on plain HTTP/1.x only: an HTTP/2 stream's
+/// data goes through the h2 codec, which may copy (read) it.
+fn file_regions(parts: &http::request::Parts) -> Option<FileRegions> {
+    if parts.version > Version::HTTP_11 {
+        return None;
+    }
+    parts.extensions.get::<FileRegions>().cloned()
+}
 
 /// Immutable artifacts: the memory tier, the store, or one single-flight fill from GitLab.
 pub(super) async fn artifact(
@@ -75,6 +85,7 @@ pub(super) async fn artifact(
                             kept.chunk_count,
                             pin,
                         );
+                        reader.send_files_through(file_regions(&parts));
                         match reader.check_first().await {
                             Ok(()) => return Ok(kept_response(&kept, reader.into_body(), took)),
                             Err(e) => {
@@ -122,6 +133,7 @@ pub(super) async fn artifact(
                     return Ok(kept_response(&kept, body::empty(), took));
                 }
                 let mut reader = Reader::committed(&state.fills, key.clone(), &meta, pin);
+                reader.send_files_through(file_regions(&parts));
                 // The first chunk is checked before answering, so a damaged artifact found
                 // here is fetched again instead of failing the request.
                 match reader.check_first().await {

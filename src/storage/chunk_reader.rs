@@ -4,8 +4,9 @@
 //!
 //! A whole chunk is 256 KiB; a reader that hands hyper pieces of a socket-sized buffer keeps
 //! per-connection memory at a few such buffers whatever the chunk size. Every byte read from
-//! disk goes through the CRC: a damaged chunk fails at its end, before the reader reports it
-//! complete, so a response carrying it never completes.
+//! disk goes through the CRC unless the chunk is trusted (it passed its CRC earlier in this
+//! process, see `storage::verified`): a damaged chunk fails at its end, before the reader
+//! reports it complete, so a response carrying it never completes.
 
 use std::fs::File;
 use std::io;
@@ -21,6 +22,10 @@ pub struct ChunkReader {
     pos: u64,
     len: u64,
     label: (FillId, u32),
+    /// Passed its CRC before: read without checking it again.
+    trusted: bool,
+    /// The CRC of the whole chunk was computed here and matched.
+    crc_ok: bool,
 }
 
 enum Source {
@@ -65,6 +70,8 @@ impl ChunkReader {
             pos: 0,
             len,
             label: (fill, index),
+            trusted: false,
+            crc_ok: false,
         }
     }
 
@@ -75,6 +82,26 @@ impl ChunkReader {
             len: data.len() as u64,
             source: Source::Checked(data),
             label: (fill, index),
+            trusted: false,
+            crc_ok: false,
+        }
+    }
+
+    /// Reads from now on skip the CRC: the caller knows this chunk passed it before.
+    pub fn trust(&mut self) {
+        self.trusted = true;
+    }
+
+    /// Whether this reader computed the chunk's CRC over every byte and found it matching.
+    pub fn crc_confirmed(&self) -> bool {
+        self.crc_ok
+    }
+
+    /// The chunk file and the offset of the chunk's data in it (`None` for data in memory).
+    pub fn file_data(&self) -> Option<(&File, u64)> {
+        match &self.source {
+            Source::File { file, offset, .. } => Some((file, *offset)),
+            Source::Checked(_) => None,
         }
     }
 
@@ -108,7 +135,7 @@ impl ChunkReader {
     }
 
     /// Reads the rest of the chunk to check its CRC, without keeping the bytes; then reads
-    /// start from the beginning again.
+    /// start from the beginning again, trusting what was just checked.
     pub fn verify(&mut self) -> Result<(), StoreError> {
         let mut scratch = [0u8; 16 * 1024];
         while self.read(&mut scratch)? > 0 {}
@@ -116,6 +143,7 @@ impl ChunkReader {
         if let Source::File { crc, .. } = &mut self.source {
             *crc = crc32fast::Hasher::new();
         }
+        self.trusted = true;
         Ok(())
     }
 
@@ -155,16 +183,19 @@ impl ChunkReader {
                         "chunk file shorter than its data".to_owned(),
                     ));
                 }
-                crc.update(&buf[..n]);
-                if self.pos + n as u64 == self.len {
-                    let computed = crc.clone().finalize();
-                    if computed != *expected_crc {
-                        return Err(corrupt(
-                            label,
-                            format!(
-                                "crc32 mismatch (stored {expected_crc:08x}, computed {computed:08x})"
-                            ),
-                        ));
+                if !self.trusted {
+                    crc.update(&buf[..n]);
+                    if self.pos + n as u64 == self.len {
+                        let computed = crc.clone().finalize();
+                        if computed != *expected_crc {
+                            return Err(corrupt(
+                                label,
+                                format!(
+                                    "crc32 mismatch (stored {expected_crc:08x}, computed {computed:08x})"
+                                ),
+                            ));
+                        }
+                        self.crc_ok = true;
                     }
                 }
                 n
@@ -276,6 +307,20 @@ mod tests {
 
         let (_file, mut damaged) = chunk_file(&data, 0);
         assert!(matches!(damaged.verify(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_trusted_chunk_is_read_without_its_crc() {
+        let data = b"checked earlier in this process".to_vec();
+        let (_file, mut checked) = chunk_file(&data, crc32fast::hash(&data));
+        assert_eq!(read_all(&mut checked, 7).unwrap(), data);
+        assert!(checked.crc_confirmed());
+        // A wrong stored CRC goes unnoticed once trusted: trust is only given to chunks
+        // that passed before.
+        let (_file, mut trusted) = chunk_file(&data, 0);
+        trusted.trust();
+        assert_eq!(read_all(&mut trusted, 7).unwrap(), data);
+        assert!(!trusted.crc_confirmed());
     }
 
     #[test]

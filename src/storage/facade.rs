@@ -7,13 +7,14 @@ use bytes::Bytes;
 
 use super::{
     ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, PinGuard,
-    SharedCopy, SharedHead, StoreError, Usage,
+    SharedCopy, SharedHead, StoreError, Usage, VerifiedChunks,
 };
 
 /// Cheap to clone. Calls that may touch the disk run on `spawn_blocking`; `pin`, `touch`,
-/// `touch_if_current` and `usage` only touch memory and are plain calls.
+/// `touch_if_current` and `usage` only touch memory and are plain calls. Clones share the
+/// record of chunks verified in this process.
 #[derive(Clone)]
-pub struct Store(Arc<dyn ArtifactStore>);
+pub struct Store(Arc<dyn ArtifactStore>, VerifiedChunks);
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,7 +24,12 @@ impl fmt::Debug for Store {
 
 impl Store {
     pub fn new(inner: Arc<dyn ArtifactStore>) -> Self {
-        Store(inner)
+        Store(inner, VerifiedChunks::default())
+    }
+
+    /// The chunks whose CRC passed since start (see [`VerifiedChunks`]).
+    pub fn verified(&self) -> &VerifiedChunks {
+        &self.1
     }
 
     /// For code already on a blocking thread.

@@ -14,6 +14,7 @@ mod memory;
 pub mod s3;
 mod sled_store;
 mod tiered;
+mod verified;
 
 #[cfg(test)]
 mod contract;
@@ -29,6 +30,7 @@ pub use facade::Store;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 pub use tiered::{SharedStats, TieredStore};
+pub use verified::{FillMarks, VerifiedChunks};
 
 /// Version byte that starts every value the store writes; values with another version are
 /// treated as absent so that a format change never turns into request errors.
