@@ -172,9 +172,6 @@ impl Reader {
                 continue;
             };
             if chunk.remaining() == 0 {
-                if chunk.crc_confirmed() {
-                    self.mark_verified(self.next - 1);
-                }
                 self.chunk = None;
                 continue;
             }
@@ -197,6 +194,10 @@ impl Reader {
                 Ok(n) => n,
                 Err(e) => return Err(self.failed(e).await),
             };
+            // Marked as its last piece passes: hyper may not ask again after the last byte.
+            if self.chunk.as_ref().is_some_and(ChunkReader::crc_confirmed) {
+                self.mark_verified(self.next - 1);
+            }
             buf.truncate(n);
             let piece = buf.freeze();
             self.buffers.lend(piece.clone());

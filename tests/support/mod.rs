@@ -9,6 +9,7 @@ pub mod events;
 pub mod fake_gitlab;
 pub mod fixtures;
 pub mod marshal;
+pub mod pki;
 pub mod proxy;
 pub mod proxy_process;
 pub mod recorder;
