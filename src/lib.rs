@@ -31,7 +31,8 @@
 //! - [`sendfile`]: verified chunk data sent to plain-TCP clients with `sendfile(2)`: the
 //!   per-connection registry of mapped chunks and the socket writer that recognises them.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
-//!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`).
+//!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`),
+//!   and the record of chunks verified in this process (`storage::verified`).
 //! - [`upstream`]: the pooled client towards GitLab (or an upstream gitlab-pkg-cache).
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
 //! - [`admin`]: the token-protected admin API under `/-/pkg-cache/admin/` (pins, bundles,
