@@ -9,7 +9,8 @@
 //! Data flows one way: listener → service → route → auth → cache → (storage | upstream).
 //!
 //! - [`config`]: one typed tree, TOML < environment < flags.
-//! - [`telemetry`]: log set-up (non-blocking writer) and the access-log event.
+//! - [`telemetry`]: log set-up, the access-log event and its hand-written line, and the
+//!   log queue a writer thread empties in batches (logging never waits for the output).
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`state`]: everything built once at start-up.
 //! - [`service`]: the request flow and `x-cache`; a dispatcher over one file per class of
