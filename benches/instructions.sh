@@ -35,23 +35,14 @@ declare -A PATHS=(
 )
 read -r -a SCENARIOS <<<"${SCENARIOS:-list info mod gem_1mb gem_20mb}"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'instructions.sh: %s\n' "$*" >&2; exit 1; }
+SCRIPT=instructions.sh
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 for tool in valgrind callgrind_control callgrind_annotate curl; do
     command -v "$tool" >/dev/null || die "missing $tool (apt-get install valgrind curl)"
 done
 
-if [[ ${SKIP_BUILD:-} == 1 ]]; then
-    BIN_DIR=${BIN_DIR:?SKIP_BUILD=1 needs BIN_DIR}
-else
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release -j 2 --bin gitlab-pkg-cache --example fake_gitlab)
-    BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
-PROXY_BIN=$BIN_DIR/gitlab-pkg-cache
-FAKE_BIN=$BIN_DIR/fake_gitlab
-[[ -x $FAKE_BIN ]] || FAKE_BIN=$BIN_DIR/examples/fake_gitlab
-[[ -x $PROXY_BIN && -x $FAKE_BIN ]] || die "binaries not found in $BIN_DIR"
+release_binaries
 
 WORK=$(mktemp -d -t gpc-instr.XXXXXX)
 FAKE_PID="" PROXY_PID=""
@@ -67,20 +58,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_for() {
-    # Under callgrind the proxy takes minutes to start (it translates a large binary first).
-    for _ in $(seq 6000); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$1") != 000 ]] && return 0
-        kill -0 "$2" 2>/dev/null || die "$3 exited at start"
-        sleep 0.1
-    done
-    die "$3 did not come up"
-}
-
 "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --bench --bench-large-mb 0 --quiet --token "$TOKEN" \
     --proxy-url "http://127.0.0.1:$PROXY_PORT" >"$WORK/fake.log" 2>&1 &
 FAKE_PID=$!
-wait_for "http://127.0.0.1:$FAKE_PORT/-/hits" "$FAKE_PID" "fake GitLab"
+wait_for "http://127.0.0.1:$FAKE_PORT/-/hits" "fake GitLab" "$FAKE_PID"
 
 log "starting the proxy under callgrind"
 (cd "$WORK" && GITLAB_PKG_CACHE_LISTEN=127.0.0.1:$PROXY_PORT \
@@ -90,7 +71,8 @@ log "starting the proxy under callgrind"
     "$PROXY_BIN" serve >"$WORK/proxy.log" 2>"$WORK/valgrind.log") &
 PROXY_PID=$!
 URL=http://127.0.0.1:$PROXY_PORT
-wait_for "$URL/-/healthz" "$PROXY_PID" "gitlab-pkg-cache"
+# Under callgrind the proxy takes minutes to start (it translates a large binary first).
+wait_for "$URL/-/healthz" "gitlab-pkg-cache" "$PROXY_PID" 600
 
 # Exactly N requests over CONNECTIONS keep-alive connections; prints "requests bytes" of the
 # answers that were 200. (curl rather than wrk: wrk runs for its whole duration even after its

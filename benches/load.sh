@@ -60,8 +60,9 @@ NGINX_URL=http://127.0.0.1:$NGINX_PORT
 GO=/api/v4/projects/20/packages/go/gitlab.example.com/bench/private/@v
 GEMS=/api/v4/projects/20/packages/rubygems/gems
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
+SCRIPT=load.sh
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
 # --- tools -------------------------------------------------------------------------------
 missing=()
@@ -85,18 +86,7 @@ for port in "$FAKE_PORT" "$PROXY_PORT" "$NGINX_PORT"; do
 done
 
 # --- build -------------------------------------------------------------------------------
-if [[ ${SKIP_BUILD:-} == 1 ]]; then
-    BIN_DIR=${BIN_DIR:?SKIP_BUILD=1 needs BIN_DIR}
-    PROXY_BIN=$BIN_DIR/gitlab-pkg-cache
-    FAKE_BIN=$BIN_DIR/fake_gitlab
-else
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release -j 2 --bin gitlab-pkg-cache --example fake_gitlab)
-    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-    PROXY_BIN=$TARGET/release/gitlab-pkg-cache
-    FAKE_BIN=$TARGET/release/examples/fake_gitlab
-fi
-[[ -x $PROXY_BIN && -x $FAKE_BIN ]] || die "binaries not found: $PROXY_BIN $FAKE_BIN"
+release_binaries
 
 # --- processes and cleanup ---------------------------------------------------------------
 WORK=$(mktemp -d -t gpc-load.XXXXXX)
@@ -140,17 +130,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Waits until `url` answers anything over HTTP.
-wait_for() {
-    local url=$1 name=$2 pid=$3
-    for _ in $(seq 300); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$url") != 000 ]] && return 0
-        kill -0 "$pid" 2>/dev/null || die "$name exited at start; see its log"
-        sleep 0.1
-    done
-    die "$name did not come up at $url"
-}
 
 log "starting the fake GitLab on $FAKE_URL (with ${LARGE_MB} MiB benchmark gem)"
 "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --bench --bench-large-mb "$LARGE_MB" --quiet \

@@ -30,23 +30,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GEM_PATH=/api/v4/projects/20/packages/rubygems/gems
 BUCKET=artifacts
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'shared.sh: %s\n' "$*" >&2; exit 1; }
+SCRIPT=shared.sh
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 for tool in curl awk; do command -v "$tool" >/dev/null || die "missing $tool"; done
 WEED=${WEED:-${GITLAB_PKG_CACHE_TEST_WEED:-$ROOT/.ci/s3venv/bin/weed}}
 [[ -x $WEED ]] || die "no weed binary at $WEED (scripts/test --install-only installs it)"
 
-if [[ ${SKIP_BUILD:-} == 1 ]]; then
-    BIN_DIR=${BIN_DIR:?SKIP_BUILD=1 needs BIN_DIR}
-else
-    log "building release binaries"
-    (cd "$ROOT" && cargo build --release -j 2 --bin gitlab-pkg-cache --example fake_gitlab)
-    BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
-PROXY_BIN=$BIN_DIR/gitlab-pkg-cache
-FAKE_BIN=$BIN_DIR/fake_gitlab
-[[ -x $FAKE_BIN ]] || FAKE_BIN=$BIN_DIR/examples/fake_gitlab
-[[ -x $PROXY_BIN && -x $FAKE_BIN ]] || die "binaries not found in $BIN_DIR"
+release_binaries
 
 WORK=$(mktemp -d -t gpc-shared.XXXXXX)
 PIDS=()
@@ -64,19 +55,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_for() { # url pid name
-    for _ in $(seq 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$1") != 000 ]] && return 0
-        kill -0 "$2" 2>/dev/null || die "$3 exited at start (see its log)"
-        sleep 0.1
-    done
-    die "$3 did not come up"
-}
-
 "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --bench --bench-large-mb 0 --quiet --token "$TOKEN" \
     --proxy-url "http://127.0.0.1:$PROXY_PORT" >"$WORK/fake.log" 2>&1 &
 PIDS+=($!)
-wait_for "http://127.0.0.1:$FAKE_PORT/-/hits" "${PIDS[-1]}" "fake GitLab"
+wait_for "http://127.0.0.1:$FAKE_PORT/-/hits" "fake GitLab" "${PIDS[-1]}"
 
 log "starting SeaweedFS (S3 on $S3_PORT)"
 cat >"$WORK/s3.json" <<'EOF'
@@ -115,7 +97,7 @@ start_proxy() { # name data-dir [s3 prefix]
     fi
     env "${env[@]}" "$PROXY_BIN" serve >>"$WORK/proxy-$name.log" 2>&1 &
     PROXY_PID=$!
-    wait_for "$URL/-/healthz" "$PROXY_PID" "gitlab-pkg-cache ($name)"
+    wait_for "$URL/-/healthz" "gitlab-pkg-cache ($name)" "$PROXY_PID"
 }
 stop_proxy() {
     kill -TERM "$PROXY_PID" 2>/dev/null || true
