@@ -151,12 +151,17 @@ pub(super) async fn artifact(
         }
     }
     if head {
-        if let Some(handled) = head_from_shared_tier(state, route, decision, &headers, &key).await?
+        if let Some(handled) = Box::pin(head_from_shared_tier(
+            state, route, decision, &headers, &key,
+        ))
+        .await?
         {
             return Ok(handled);
         }
-    } else if let Some(handled) =
-        from_shared_tier(state, route, decision, &headers, &key, size).await?
+    } else if let Some(handled) = Box::pin(from_shared_tier(
+        state, route, decision, &headers, &key, size,
+    ))
+    .await?
     {
         return Ok(handled);
     }
@@ -176,7 +181,7 @@ pub(super) async fn artifact(
         // Replicas sharing a bucket: one of them fetches from GitLab, the others wait for it.
         let mut lease = None;
         if let Some(leases) = &state.leases {
-            match leases.claim(&key, &state.fills).await {
+            match Box::pin(leases.claim(&key, &state.fills)).await {
                 Claim::Lead(guard) => lease = Some(guard),
                 Claim::Committed => {
                     if let Ok(Some(_)) = store.lookup(&key).await {
@@ -195,14 +200,14 @@ pub(super) async fn artifact(
             match state.fills.join(&key) {
                 Joined::Leader(leader) => {
                     let leader = leader.keep_in_memory(state.artifacts.limit(size));
-                    let handled = lead(
+                    let handled = Box::pin(lead(
                         state,
                         route,
                         decision,
                         headers.into_headers(),
                         key.clone(),
                         leader,
-                    )
+                    ))
                     .await;
                     if let Some(lease) = lease {
                         lease.hold_until_settled(&state.fills, &key);
@@ -211,7 +216,7 @@ pub(super) async fn artifact(
                 }
                 Joined::Waiter(progress) => {
                     if let Some(handled) =
-                        wait(state, route, decision, &headers, &key, progress).await?
+                        Box::pin(wait(state, route, decision, &headers, &key, progress)).await?
                     {
                         return Ok(handled);
                     }
@@ -220,13 +225,13 @@ pub(super) async fn artifact(
         }
     }
     drop(headers);
-    relay_route(
+    Box::pin(relay_route(
         state,
         route,
         Some(decision),
         Request::from_parts(parts, body),
         client,
-    )
+    ))
     .await
 }
 
@@ -358,6 +363,9 @@ fn kept_response(kept: &Kept, body: Body, upstream: Option<Duration>) -> Handled
 
 /// Fetches an artifact for everyone: this caller's response streams from GitLab while the
 /// fill stores it.
+///
+/// (This and the other paths a hit does not take are boxed where `artifact` awaits them, so
+/// that the future of every artifact request, which hyper moves into place, stays small.)
 pub(super) async fn lead(
     state: &AppState,
     route: &PackageRoute,

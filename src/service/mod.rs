@@ -78,7 +78,7 @@ pub async fn handle(
         Ok(Endpoint::Ready) => Ok(operations::ready(&state).await),
         Ok(Endpoint::Metrics) => Ok(operations::metrics(&state).await),
         Ok(Endpoint::Admin) => Ok(Handled::new(
-            crate::admin::handle(&state, request, peer.ip()).await,
+            Box::pin(crate::admin::handle(&state, request, peer.ip())).await,
             CacheOutcome::Local,
             None,
         )),
@@ -190,6 +190,6 @@ async fn package(
             Ok(handled)
         }
         CacheClass::PassThrough => relay::relay_route(state, &route, None, request, client).await,
-        CacheClass::Upload => upload::upload(state, &route, request, client).await,
+        CacheClass::Upload => Box::pin(upload::upload(state, &route, request, client)).await,
     }
 }
