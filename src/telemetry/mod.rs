@@ -1,4 +1,4 @@
-//! Logging: tracing-subscriber set up as text or JSON behind a non-blocking writer, and the one
+//! Logging: tracing-subscriber set up as text or JSON over the batched log queue, and the one
 //! access-log event per request.
 
 mod access_line;
