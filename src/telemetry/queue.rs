@@ -107,7 +107,9 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
     let mut batch = Vec::new();
     loop {
         let mut state = shared.lock();
-        if state.buf.is_empty() && !state.closed {
+        // One interval between batches, whether lines are waiting or not (that is what makes
+        // them batches), unless the queue is half full or closing.
+        if !state.closed && state.lines < shared.limit.div_ceil(2) {
             state = shared
                 .wake
                 .wait_timeout(state, INTERVAL)
