@@ -481,11 +481,7 @@ async fn older_bundles_and_late_deltas_roll_nothing_back() {
     .await;
     assert!(changes.success(), "{}", changes.report);
     let listed: serde_json::Value = serde_json::from_str(&changes.stdout).unwrap();
-    let listed = listed
-        .as_array()
-        .or_else(|| listed["changes"].as_array())
-        .cloned()
-        .unwrap_or_default();
+    let listed = listed["changes"].as_array().cloned().unwrap_or_default();
     assert!(
         listed
             .iter()

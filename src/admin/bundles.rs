@@ -670,9 +670,10 @@ fn import_blocking(
             }
         }
     }
-    kept_newer.extend(held_back.iter().map(|(key, _, _)| key.clone()));
+    let held_back_keys: BTreeSet<&str> = held_back.iter().map(|(key, _, _)| key.as_str()).collect();
+    let skipped = |key: &str| kept_newer.contains(key) || held_back_keys.contains(key);
     for artifact in &manifest.artifacts {
-        if kept_newer.contains(&artifact.key) {
+        if skipped(&artifact.key) {
             continue;
         }
         if !held.contains(&artifact.key)
@@ -762,7 +763,7 @@ fn import_blocking(
     let mut added = 0u64;
     let mut artifacts_replaced = Vec::new();
     for artifact in &manifest.artifacts {
-        if kept_newer.contains(&artifact.key) {
+        if skipped(&artifact.key) {
             continue;
         }
         if !held.contains(&artifact.key) {
@@ -811,7 +812,7 @@ fn import_blocking(
         "added": added,
         "replaced": artifacts_replaced.len(),
         "already_held": held.len(),
-        "kept_newer": (kept_newer.len() - held_back.len()) as u64 + records_kept,
+        "kept_newer": kept_newer.len() as u64 + records_kept,
         "held_back": held_back.iter().map(|(key, _, _)| key.as_str()).collect::<Vec<_>>(),
         "records": manifest.records.len(),
         "blobs_received": staged.len(),
