@@ -225,8 +225,14 @@ pub struct IntegrityConfig {
     /// `.mod` files (with the caller's credentials), to notice moved tags early; 0: never.
     pub recheck: u32,
     /// What callers get when a refill of an evicted version brings other content than its
-    /// first copy: `hold` (refused until an operator purges) or `relay` (GitLab's bytes).
+    /// first copy: `hold` (the first copy, if its bytes were kept since eviction, else a
+    /// refusal until an operator purges) or `relay` (GitLab's bytes).
     pub on_change: crate::integrity::OnChange,
+    /// Share of `store.max_bytes` set aside for first copies of evicted Go versions and gems,
+    /// kept so that a changed refill can be answered with them (`hold` only; 0: keep none).
+    /// Unset: a tenth of `store.max_bytes`. Ignored with a shared bucket, which keeps every
+    /// first copy anyway.
+    pub originals_max_bytes: Option<ByteSize>,
 }
 
 /// Logging.
@@ -525,6 +531,16 @@ impl Config {
                 ));
             }
         }
+        if self
+            .integrity
+            .originals_max_bytes
+            .is_some_and(|max| max >= self.store.max_bytes && max.as_u64() > 0)
+        {
+            return Err(ConfigError::Invalid(
+                "integrity.originals_max_bytes must be less than store.max_bytes (it is a share of it)"
+                    .to_owned(),
+            ));
+        }
         if self.cache.memory_entry_max_bytes > self.cache.memory_max_bytes {
             return Err(ConfigError::Invalid(
                 "cache.memory_entry_max_bytes exceeds cache.memory_max_bytes".to_owned(),
@@ -551,6 +567,23 @@ impl Config {
         crate::storage::EvictionPolicy {
             max_bytes: Some(self.store.max_bytes.as_u64()),
             min_free_bytes: Some(self.store.min_free_bytes.as_u64()).filter(|&b| b > 0),
+            originals: Some(crate::storage::OriginalsPolicy {
+                max_bytes: self.originals_max_bytes(),
+                applies_to: crate::integrity::keeps_original,
+            })
+            .filter(|originals| originals.max_bytes > 0),
+        }
+    }
+
+    /// Bytes of the store set aside for first copies of evicted versions (0: none kept).
+    pub fn originals_max_bytes(&self) -> u64 {
+        let holds = self.integrity.on_change == crate::integrity::OnChange::Hold;
+        if !holds || self.store.s3.endpoint.is_some() {
+            return 0;
+        }
+        match self.integrity.originals_max_bytes {
+            Some(max) => max.as_u64(),
+            None => self.store.max_bytes.as_u64() / 10,
         }
     }
 
@@ -1075,6 +1108,15 @@ pub struct Overrides {
         value_enum
     )]
     pub integrity_on_change: Option<crate::integrity::OnChange>,
+    /// Share of the store kept for first copies of evicted versions [default: a tenth of store.max_bytes].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_INTEGRITY_ORIGINALS_MAX_BYTES",
+        value_name = "SIZE"
+    )]
+    pub integrity_originals_max_bytes: Option<String>,
 }
 
 impl Overrides {
@@ -1140,6 +1182,7 @@ impl Overrides {
             "offline.tokens_file" => offline_tokens_file,
             "log.queue_lines" => log_queue_lines,
             "integrity.recheck" => integrity_recheck,
+            "integrity.originals_max_bytes" => integrity_originals_max_bytes,
         ];
         let format = self.log_format.map(|format| match format {
             LogFormat::Text => "text".to_owned(),

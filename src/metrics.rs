@@ -147,6 +147,9 @@ pub struct Snapshot {
     pub store_free_bytes: u64,
     pub memory_bytes: u64,
     pub upstream_up: bool,
+    /// First copies kept since their eviction (see `integrity.originals_max_bytes`).
+    pub originals_bytes: u64,
+    pub originals_artifacts: u64,
 }
 
 pub struct Metrics {
@@ -162,6 +165,9 @@ pub struct Metrics {
     sendfile_bytes: Counter,
     file_regions: Gauge,
     integrity_changes: Family<KindLabels, Counter>,
+    originals_restored: Counter,
+    originals_bytes: Gauge,
+    originals_artifacts: Gauge,
     log_lines_dropped: Counter,
     /// Reads the log writer's dropped-line count, and the value last copied into the counter.
     log_drops: Mutex<Option<(DropSource, u64)>>,
@@ -213,6 +219,9 @@ impl Metrics {
             sendfile_bytes: Counter::default(),
             file_regions: Gauge::default(),
             integrity_changes: Family::default(),
+            originals_restored: Counter::default(),
+            originals_bytes: Gauge::default(),
+            originals_artifacts: Gauge::default(),
             log_lines_dropped: Counter::default(),
             log_drops: Mutex::new(None),
             cached_requests: AtomicU64::new(0),
@@ -329,6 +338,21 @@ impl Metrics {
             "memory_tier_bytes",
             "Bytes held by the in-memory metadata tier",
             metrics.memory_bytes.clone(),
+        );
+        registry.register(
+            "integrity_originals_bytes",
+            "Bytes of first copies kept since their eviction, served again if GitLab's content changes",
+            metrics.originals_bytes.clone(),
+        );
+        registry.register(
+            "integrity_originals",
+            "First copies kept since their eviction",
+            metrics.originals_artifacts.clone(),
+        );
+        registry.register(
+            "integrity_originals_restored",
+            "Refills whose content had changed, answered with the first copy kept since eviction",
+            metrics.originals_restored.clone(),
         );
         registry.register(
             "upstream_up",
@@ -456,6 +480,11 @@ impl Metrics {
         self.evicted_bytes.inc_by(bytes);
     }
 
+    /// A changed refill was answered with the first copy kept since eviction.
+    pub fn original_restored(&self) {
+        self.originals_restored.inc();
+    }
+
     pub fn corrupt_artifact(&self) {
         self.corrupt.inc();
     }
@@ -510,6 +539,9 @@ impl Metrics {
         self.store_free_bytes
             .set(as_gauge(snapshot.store_free_bytes));
         self.memory_bytes.set(as_gauge(snapshot.memory_bytes));
+        self.originals_bytes.set(as_gauge(snapshot.originals_bytes));
+        self.originals_artifacts
+            .set(as_gauge(snapshot.originals_artifacts));
         self.upstream_up.set(i64::from(snapshot.upstream_up));
         if let Some((source, copied)) = self
             .log_drops

@@ -52,11 +52,19 @@ struct Admin {
 
 impl Admin {
     async fn start(fake: &FakeGitLab) -> Admin {
+        Admin::start_with(fake, |_| {}).await
+    }
+
+    async fn start_with(
+        fake: &FakeGitLab,
+        adjust: impl FnOnce(&mut gitlab_pkg_cache::config::Config),
+    ) -> Admin {
         let token_dir = tempfile::tempdir().unwrap();
         let token_file = token_dir.path().join("admin-token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let proxy = TestProxy::start_with(&fake.url(), |c| {
             c.admin_token_file = Some(token_file.clone());
+            adjust(c);
         })
         .await;
         Admin { proxy, token_dir }
@@ -305,6 +313,7 @@ async fn purge_lets_a_moved_tag_in_and_integrity_lists_it_until_then() {
         .evict(gitlab_pkg_cache::storage::EvictionPolicy {
             max_bytes: Some(0),
             min_free_bytes: None,
+            originals: None,
         })
         .await
         .unwrap();
@@ -357,6 +366,150 @@ async fn purge_lets_a_moved_tag_in_and_integrity_lists_it_until_then() {
     let hit = admin.get(&zip).await;
     assert_eq!(hit.header("x-cache"), Some("hit"));
     assert_eq!(hit.body, moved.body, "and served from now on");
+}
+
+#[tokio::test]
+async fn after_eviction_a_moved_tag_and_a_re_pushed_gem_get_the_kept_first_copy_until_purged() {
+    let fake = FakeGitLab::builder()
+        .project(1, "group/proj", Visibility::Public)
+        .project(2, "group/other", Visibility::Public)
+        .go_version(1, "", "v1.0.0", TIME, module_files("package lib\n"))
+        .gem(1, GemFixture::new("rack", "3.0.0", noise(40_000, 1)))
+        .gem(2, GemFixture::new("filler", "1.0.0", noise(900_000, 4)))
+        .start()
+        .await;
+    // 2 MiB of store, half of it set aside for first copies of evicted versions: the
+    // filler gem pushes the rest out of the served half.
+    let admin = Admin::start_with(&fake, |c| {
+        c.store.max_bytes = bytesize::ByteSize::mib(2);
+        c.integrity.originals_max_bytes = Some(bytesize::ByteSize::mib(1));
+    })
+    .await;
+    let gem = format!("{GEMS_1}/rack-3.0.0.gem");
+    let zip = format!("{GO}/v1.0.0.zip");
+    let first_gem = admin.get(&gem).await;
+    let first_zip = admin.get(&zip).await;
+    let fingerprinted = |key: &str| {
+        matches!(
+            admin
+                .proxy
+                .state
+                .fills
+                .store()
+                .inner()
+                .get_record("integrity", key.as_bytes()),
+            Ok(Some(_))
+        )
+    };
+    for key in [&gem, &zip] {
+        support::eventually("fingerprinted", || fingerprinted(key)).await;
+    }
+
+    // The tag is force-pushed and the gem re-uploaded under the same version.
+    fake.move_tag(1, "v1.0.0", MOVED, module_files("package lib // moved\n"));
+    fake.push_gem(1, GemFixture::new("rack", "3.0.0", noise(40_000, 5)));
+    let moved_zip = client::get(&format!("{}{zip}", fake.url()), &[]).await;
+    let pushed_gem = client::get(&format!("{}{gem}", fake.url()), &[]).await;
+    assert_ne!(moved_zip.body, first_zip.body);
+    assert_ne!(pushed_gem.body, first_gem.body);
+
+    // Eviction, by the store's own budget: both leave what is served, their bytes kept.
+    let filler = format!("{GEMS_2}/filler-1.0.0.gem");
+    assert_eq!(admin.get(&filler).await.status, 200);
+    let store = admin.proxy.state.fills.store().clone();
+    support::eventually("both evicted, kept as originals", || {
+        !admin.stored(&gem) && !admin.stored(&zip) && store.originals("").len() == 2
+    })
+    .await;
+    let stats = admin.json("GET", "stats", None).await;
+    assert_eq!(stats["originals"]["artifacts"], 2, "{stats}");
+    assert_eq!(
+        stats["originals"]["bytes"],
+        (first_gem.body.len() + first_zip.body.len()) as u64,
+        "{stats}"
+    );
+    let projects = stats["projects"].as_array().unwrap();
+    let summed: u64 = projects.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(summed, stats["store"]["bytes"].as_u64().unwrap(), "{stats}");
+
+    // The refills bring other content: the change is found and listed, and callers get
+    // the first copy, from now on as a hit.
+    let refill_zip = admin.get(&zip).await;
+    let refill_gem = admin.get(&gem).await;
+    assert_eq!(refill_zip.status, 200, "{}", refill_zip.text());
+    assert_eq!(refill_gem.status, 200, "{}", refill_gem.text());
+    assert!(
+        refill_zip.body == first_zip.body,
+        "the first zip, not the moved one"
+    );
+    assert!(
+        refill_gem.body == first_gem.body,
+        "the first gem, not the re-pushed one"
+    );
+    let listed = admin.json("GET", "integrity", None).await;
+    let mut kinds: Vec<&str> = listed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["gem_file", "go_zip"], "{listed}");
+    let metrics = admin.get("/-/pkg-cache/metrics").await.text();
+    assert!(
+        metrics.contains("gitlab_pkg_cache_integrity_originals_restored_total 2"),
+        "{metrics}"
+    );
+    assert!(store.originals("").is_empty(), "both are served again");
+    support::eventually("the restored first copies are pinned from eviction", || {
+        let kept = store.kept();
+        kept.contains(&zip) && kept.contains(&gem)
+    })
+    .await;
+    for (key, first) in [(&zip, &first_zip), (&gem, &first_gem)] {
+        let hit = admin.get(key).await;
+        assert_eq!(hit.header("x-cache"), Some("hit"), "{key}");
+        assert!(hit.body == first.body, "{key}: still the first copy");
+    }
+
+    // The operator's purge lets GitLab's current content in, version by version.
+    let (code, out, err) = admin
+        .command(&[
+            "purge",
+            "--project",
+            "1",
+            "--module",
+            MODULE,
+            "--version",
+            "v1.0.0",
+        ])
+        .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("purged 1 artifacts"), "{out}");
+    let fetched = admin.get(&zip).await;
+    assert!(fetched.body == moved_zip.body, "the moved tag's content");
+    let (code, out, err) = admin
+        .command(&[
+            "purge",
+            "--project",
+            "1",
+            "--gem",
+            "rack",
+            "--version",
+            "3.0.0",
+        ])
+        .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("purged 1 artifacts"), "{out}");
+    let fetched = admin.get(&gem).await;
+    assert!(fetched.body == pushed_gem.body, "the re-pushed gem");
+    assert!(store.kept().is_empty(), "the purges lifted the pins");
+    for (key, now) in [(&zip, &moved_zip), (&gem, &pushed_gem)] {
+        support::eventually("the new content is kept", || admin.stored(key)).await;
+        let hit = admin.get(key).await;
+        assert_eq!(hit.header("x-cache"), Some("hit"), "{key}");
+        assert!(hit.body == now.body, "{key}: GitLab's content from now on");
+    }
 }
 
 #[tokio::test]

@@ -265,6 +265,7 @@ async fn what_the_store_lets_go_of_is_not_served_from_memory() {
         .evict(gitlab_pkg_cache::storage::EvictionPolicy {
             max_bytes: Some(0),
             min_free_bytes: None,
+            originals: None,
         })
         .await
         .expect("evict");

@@ -83,6 +83,7 @@ async fn evict_everything(proxy: &TestProxy) {
         .evict(EvictionPolicy {
             max_bytes: Some(0),
             min_free_bytes: None,
+            originals: None,
         })
         .await
         .expect("eviction");

@@ -1,5 +1,6 @@
 //! `POST purge`: removes a selection of stored artifacts together with their first-copy
-//! fingerprints, so the next request fetches from GitLab and keeps what GitLab serves then.
+//! fingerprints and kept originals, so the next request fetches from GitLab and keeps what
+//! GitLab serves then.
 
 use std::sync::Arc;
 
@@ -29,6 +30,15 @@ pub async fn purge(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErro
             removed.push(key.clone());
         }
     }
+    // First copies kept since eviction go too: the next fill becomes the first copy.
+    let mut originals = 0usize;
+    let mut original_bytes = 0u64;
+    for (key, len) in store.originals("") {
+        if selection.matches(&key) && store.remove(&key).await? {
+            originals += 1;
+            original_bytes += len;
+        }
+    }
     // Fingerprints outlive eviction: those of evicted versions are forgotten too.
     let mut forgotten = 0usize;
     for key in state.integrity.fingerprinted_keys().await? {
@@ -42,9 +52,11 @@ pub async fn purge(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErro
         "bytes": bytes,
         "keys": removed,
         "fingerprints_forgotten": forgotten,
+        "originals_dropped": originals,
+        "originals_bytes": original_bytes,
     });
     let detail = format!(
-        "purged {} artifacts ({bytes} bytes), forgot {forgotten} fingerprints",
+        "purged {} artifacts ({bytes} bytes) and {originals} kept originals ({original_bytes} bytes), forgot {forgotten} fingerprints",
         removed.len()
     );
     Ok(Reply::json(&body, detail))

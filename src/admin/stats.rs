@@ -1,5 +1,5 @@
-//! `GET stats`: what the store holds per project (adding up to its totals), and what the
-//! cache saved since start: hit ratio, bytes not fetched from GitLab, most requested artifacts.
+//! `GET stats`: what the store holds per project (adding up to its totals; first copies kept
+//! since eviction apart), and what the cache saved since start: hit ratio, bytes not fetched from GitLab, most requested artifacts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +43,7 @@ pub async fn stats(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErro
     .await
     .map_err(|e| AdminError::Internal(e.to_string()))??;
     let usage = state.fills.store().usage();
+    let originals = state.fills.store().originals_usage();
     let totals = state.metrics.cache_totals();
     let answered = totals.cached + totals.missed;
     let hit_ratio = (answered > 0).then(|| totals.cached as f64 / answered as f64);
@@ -60,6 +61,11 @@ pub async fn stats(state: &Arc<AppState>, call: Call) -> Result<Reply, AdminErro
         .collect();
     let body = json!({
         "store": { "artifacts": usage.artifacts, "bytes": usage.bytes },
+        "originals": {
+            "artifacts": originals.artifacts,
+            "bytes": originals.bytes,
+            "max_bytes": state.config.originals_max_bytes(),
+        },
         "projects": projects,
         "since_start": {
             "requests_from_cache": totals.cached,

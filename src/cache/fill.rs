@@ -546,6 +546,28 @@ impl FillTask {
             // GitLab now answers other content than the first copy had: nobody gets it until
             // an operator decides (a streamed fill's readers are cut short).
             store.abort_fill(fill).await;
+            match store.restore_original(&self.key).await {
+                Ok(Some(original)) => {
+                    // The first copy's bytes were kept at eviction: it is served again.
+                    tracing::warn!(key = %self.key, "GitLab's content changed; serving the first copy kept since eviction");
+                    self.fills.metrics.original_restored();
+                    self.fills.finish(
+                        &self.key,
+                        &self.tx,
+                        Progress::Done {
+                            meta: Arc::new(original),
+                        },
+                    );
+                    if let Some(integrity) = &self.fills.integrity {
+                        integrity.keep_restored(&self.key).await;
+                    }
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "the first copy kept since eviction cannot be restored");
+                }
+            }
             let reason = format!(
                 "GitLab now serves other content for {} than the copy this proxy first cached; \
                  it is held back until an operator purges this version \
@@ -649,12 +671,7 @@ impl FillTask {
     }
 
     async fn evict_if_over_budget(&self, store: &Store) {
-        let over = self
-            .fills
-            .policy
-            .max_bytes
-            .is_some_and(|max| store.usage().bytes > max);
-        if over {
+        if store.exceeds(&self.fills.policy) {
             match store.evict(self.fills.policy).await {
                 Ok(report) => tracing::info!(
                     artifacts = report.artifacts,

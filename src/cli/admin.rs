@@ -237,6 +237,13 @@ fn render(command: &AdminCommand, answer: &Value) -> String {
                 store["artifacts"],
                 size(&store["bytes"])
             ));
+            let originals = &answer["originals"];
+            line(format!(
+                "first copies kept since eviction: {} artifacts, {} of {} set aside",
+                originals["artifacts"],
+                size(&originals["bytes"]),
+                size(&originals["max_bytes"])
+            ));
             for project in answer["projects"].as_array().into_iter().flatten() {
                 line(format!(
                     "  project {}: {} artifacts, {}",
@@ -299,9 +306,11 @@ fn render(command: &AdminCommand, answer: &Value) -> String {
         }
         AdminCommand::Purge(_) => {
             line(format!(
-                "purged {} artifacts ({}), forgot {} first-copy fingerprints",
+                "purged {} artifacts ({}) and {} kept originals ({}), forgot {} first-copy fingerprints",
                 answer["purged"],
                 size(&answer["bytes"]),
+                answer["originals_dropped"],
+                size(&answer["originals_bytes"]),
                 answer["fingerprints_forgotten"]
             ));
             for key in answer["keys"].as_array().into_iter().flatten() {

@@ -8,7 +8,10 @@
 //!
 //! When a change is seen while the first copy is still stored, that copy is pinned (kept from
 //! eviction: it is the only good copy left) and keeps being served. A refill of an evicted
-//! version is checked before any byte of it leaves (see [`OnChange`]).
+//! version is checked before any byte of it leaves (see [`OnChange`]); eviction keeps the
+//! bytes of first copies in a share of the store set aside for them (`integrity.
+//! originals_max_bytes`, see [`keeps_original`]), so a changed refill is answered with the
+//! first copy, restored and pinned, rather than refused.
 
 pub mod fill_reader;
 pub mod verify;
@@ -70,6 +73,12 @@ pub fn record_first_in(
     };
     let value = serde_json::to_vec(&record).map_err(|e| StoreError::Io(e.to_string()))?;
     store.put_record(PINNED, key.as_bytes(), &value)
+}
+
+/// Whether the artifact under `key` keeps its bytes when evicted (see
+/// [`crate::storage::OriginalsPolicy`]): the artifacts whose first copy is fingerprinted.
+pub fn keeps_original(key: &str) -> bool {
+    Subject::of_key(key).is_some()
 }
 
 /// The keys of every artifact of the version `key` is one of: a Go version's `.info`, `.mod`
@@ -553,7 +562,13 @@ impl Integrity {
             "GitLab's content changed for a version already cached; keeping the first copy"
         );
         let now = unix_now();
+        // Held until the version is pinned, so that a purge (which forgets the fingerprint,
+        // then takes this lock to drop the change and its pins) never leaves a pin behind.
         let _guard = self.changes_lock.lock().await;
+        if matches!(self.pinned(key).await, Ok(None)) {
+            // Purged while this was being compared: the operator has decided already.
+            return;
+        }
         let result = async {
             let mut changes = self.changes().await?;
             match changes
@@ -585,8 +600,17 @@ impl Integrity {
         if let Err(e) = result {
             tracing::warn!(%key, error = %e, "could not record an integrity change");
         }
-        drop(_guard);
         self.keep_first_copy(key).await;
+    }
+
+    /// Pins the first copy of `key`, restored since GitLab was found serving other content
+    /// for it, with the rest of its version that is stored (as for any change seen while the
+    /// first copy is stored).
+    pub async fn keep_restored(&self, key: &str) {
+        let _guard = self.changes_lock.lock().await;
+        if matches!(self.pinned(key).await, Ok(Some(_))) {
+            self.keep_first_copy(key).await;
+        }
     }
 
     /// Pins the first copy of `key` if it is still stored: once GitLab serves other content,

@@ -32,6 +32,7 @@ pub(super) async fn ready(state: &AppState) -> Handled {
 /// `/-/pkg-cache/metrics`: Prometheus text exposition.
 pub(super) async fn metrics(state: &AppState) -> Handled {
     let usage = state.fills.store().usage();
+    let originals = state.fills.store().originals_usage();
     let store_path = state.config.store_path();
     // One statvfs call, off the runtime like any file-system call; 0 if it fails (the
     // headroom alert then fires rather than staying silent).
@@ -50,6 +51,8 @@ pub(super) async fn metrics(state: &AppState) -> Handled {
         store_artifacts: usage.artifacts,
         memory_bytes: state.memory.weighted_size(),
         upstream_up: state.upstream.is_up(),
+        originals_bytes: originals.bytes,
+        originals_artifacts: originals.artifacts,
     });
     let mut handled = plain(StatusCode::OK, text);
     handled.response.headers_mut().insert(

@@ -11,7 +11,7 @@ use super::codec;
 use super::engine::{Backend, Engine, Tree};
 use super::{
     ArtifactMeta, ArtifactStore, Commit, EvictionPolicy, EvictionReport, FillId, MemoryStore,
-    SledStore, StoreError, TieredStore, Usage, FORMAT_VERSION,
+    OriginalsPolicy, SledStore, StoreError, TieredStore, Usage, FORMAT_VERSION,
 };
 
 /// A store under test, with a way to reach the bytes its local tier keeps.
@@ -99,6 +99,7 @@ macro_rules! contract_tests {
             opened_chunks_read_back_in_pieces,
             damaged_chunk_opened_fails_at_its_end,
             touch_if_current_follows_replacement_removal_and_eviction,
+            evicted_artifacts_keep_their_bytes_as_originals,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -373,13 +374,15 @@ fn pin_defers_deletion_on_evict<S: Subject>(s: &S) {
         let policy = EvictionPolicy {
             max_bytes: Some(0),
             min_free_bytes: None,
+            originals: None,
         };
         let report = s.evict(&policy).unwrap();
         assert_eq!(
             report,
             EvictionReport {
                 artifacts: 1,
-                bytes: 6
+                bytes: 6,
+                ..EvictionReport::default()
             }
         );
     });
@@ -417,6 +420,7 @@ fn eviction_removes_least_recently_touched_first<S: Subject>(s: &S) {
     let budget = |max_bytes| EvictionPolicy {
         max_bytes: Some(max_bytes),
         min_free_bytes: None,
+        originals: None,
     };
     let present = |s: &S| -> Vec<&str> {
         ["a", "b", "c", "d"]
@@ -430,7 +434,8 @@ fn eviction_removes_least_recently_touched_first<S: Subject>(s: &S) {
         report,
         EvictionReport {
             artifacts: 1,
-            bytes: 10
+            bytes: 10,
+            ..EvictionReport::default()
         }
     );
     assert_eq!(present(s), ["a", "c"]);
@@ -475,6 +480,7 @@ fn kept_keys_are_never_evicted<S: Subject>(s: &S) {
     let nothing = EvictionPolicy {
         max_bytes: Some(0),
         min_free_bytes: None,
+        originals: None,
     };
     let report = s.evict(&nothing).unwrap();
     assert_eq!(report.artifacts, 2, "everything but the kept key goes");
@@ -734,8 +740,118 @@ fn touch_if_current_follows_replacement_removal_and_eviction<B: Backend>(s: &Eng
     s.evict(&EvictionPolicy {
         max_bytes: Some(4),
         min_free_bytes: None,
+        originals: None,
     })
     .unwrap();
     assert!(!s.touch_if_current("new", new.fill), "evicted");
     assert!(s.touch_if_current("old", old.fill), "used last, kept");
+}
+
+/// Keys under `v/` keep their bytes when evicted (as versioned artifacts do).
+pub(super) fn versioned(key: &str) -> bool {
+    key.starts_with("v/")
+}
+
+pub(super) fn keeping_originals(max_bytes: u64, room: u64) -> EvictionPolicy {
+    EvictionPolicy {
+        max_bytes: Some(max_bytes),
+        min_free_bytes: None,
+        originals: Some(OriginalsPolicy {
+            max_bytes: room,
+            applies_to: versioned,
+        }),
+    }
+}
+
+fn evicted_artifacts_keep_their_bytes_as_originals<B: Backend>(s: &Engine<B>) {
+    let ten = [7u8; 10];
+    let a = store_artifact(s, "v/a", &[&ten]);
+    let b = store_artifact(s, "v/b", &[&ten]);
+    store_artifact(s, "other", &[&ten]);
+
+    // 30 bytes stored, 40 allowed, 20 set aside for originals: the served 30 come down to
+    // 20 and the least recently used goes, its bytes kept.
+    let report = s.evict(&keeping_originals(40, 20)).unwrap();
+    assert_eq!(
+        report,
+        EvictionReport {
+            artifacts: 1,
+            bytes: 10,
+            kept_as_originals: 1,
+            ..EvictionReport::default()
+        }
+    );
+    assert!(s.lookup("v/a").unwrap().is_none(), "no longer served");
+    assert!(!s.touch_if_current("v/a", a.fill));
+    assert_eq!(s.keys(""), ["other", "v/b"]);
+    assert_eq!(s.originals(""), [("v/a".to_owned(), 10)]);
+    assert_eq!(s.originals("x"), []);
+    assert_eq!(
+        (s.usage(), s.originals_usage()),
+        (
+            Usage {
+                artifacts: 2,
+                bytes: 20
+            },
+            Usage {
+                artifacts: 1,
+                bytes: 10
+            }
+        )
+    );
+    assert_eq!(chunks_on_disk(s, a.fill), 1, "the bytes are kept");
+
+    // Restored in place: the same fill, served again.
+    let restored = s.restore_original("v/a").unwrap().expect("restored");
+    assert_eq!(restored, a);
+    assert_eq!(s.lookup("v/a").unwrap(), Some(a.clone()));
+    assert_eq!(read_all(s, &a), ten);
+    assert_eq!(s.originals(""), []);
+    assert_eq!(s.usage().bytes, 30);
+    assert!(
+        s.restore_original("v/a").unwrap().is_none(),
+        "nothing kept now"
+    );
+
+    // A new artifact under a key makes its original go.
+    s.evict(&keeping_originals(40, 20)).unwrap();
+    assert_eq!(s.originals(""), [("v/b".to_owned(), 10)]);
+    let b2 = store_artifact(s, "v/b", &[b"newer"]);
+    assert_eq!(s.originals(""), []);
+    assert_eq!(
+        chunks_on_disk(s, b.fill),
+        0,
+        "the replaced original's bytes are gone"
+    );
+    assert!(s.restore_original("v/b").unwrap().is_none());
+    assert_eq!(s.lookup("v/b").unwrap(), Some(b2));
+
+    // Everything served must go: versioned keys are kept, others deleted.
+    let report = s.evict(&keeping_originals(30, 30)).unwrap();
+    assert_eq!((report.artifacts, report.kept_as_originals), (3, 2));
+    assert_eq!(
+        s.originals(""),
+        [("v/a".to_owned(), 10), ("v/b".to_owned(), 5)]
+    );
+    assert_eq!(s.usage(), Usage::default());
+
+    // Originals beyond their share go, oldest first.
+    let report = s.evict(&keeping_originals(30, 6)).unwrap();
+    assert_eq!(
+        (report.originals_dropped, report.originals_dropped_bytes),
+        (1, 10)
+    );
+    assert_eq!(s.originals(""), [("v/b".to_owned(), 5)]);
+    assert_eq!(chunks_on_disk(s, a.fill), 0);
+
+    // Without a share for them, eviction deletes them; removal does too.
+    assert!(
+        s.remove("v/b").unwrap(),
+        "removing an original is a removal"
+    );
+    assert_eq!(s.originals_usage(), Usage::default());
+    store_artifact(s, "v/c", &[&ten]);
+    s.evict(&keeping_originals(0, 0)).unwrap();
+    assert_eq!(s.originals(""), []);
+    assert_eq!(s.usage(), Usage::default());
 }

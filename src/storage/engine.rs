@@ -132,10 +132,16 @@ struct State {
     /// Keys an operator kept from eviction (persisted as records in [`KEPT`]); a key may be
     /// kept before anything is stored under it.
     kept: HashSet<String>,
+    /// Evicted artifacts whose bytes are kept as originals (persisted as records in
+    /// [`ORIGINALS`] holding their artifact record); never served until restored.
+    originals: HashMap<String, Entry>,
+    originals_usage: Usage,
 }
 
 /// Record namespace of the keys kept from eviction.
 const KEPT: &str = "kept";
+/// Record namespace of originals: the artifact record an evicted artifact had, verbatim.
+const ORIGINALS: &str = "originals";
 
 struct FillEntry {
     stage: Stage,
@@ -215,6 +221,29 @@ impl State {
         }
     }
 
+    /// Holds `fill` as the original of `key` (committed, not served).
+    fn keep_original(&mut self, key: String, fill: FillId, len: u64, last_used: u64) {
+        self.fills
+            .entry(fill)
+            .or_insert(FillEntry {
+                stage: Stage::Committed,
+                pins: 0,
+            })
+            .stage = Stage::Committed;
+        self.originals_usage.artifacts += 1;
+        self.originals_usage.bytes += len;
+        let kept = Entry {
+            fill,
+            len,
+            last_used,
+        };
+        if let Some(old) = self.originals.insert(key, kept) {
+            self.originals_usage.artifacts -= 1;
+            self.originals_usage.bytes -= old.len;
+            self.unreference(old.fill);
+        }
+    }
+
     fn forget(&mut self, key: &str) -> Option<Entry> {
         let old = self.entries.remove(key)?;
         self.usage.artifacts -= 1;
@@ -222,6 +251,30 @@ impl State {
         self.dirty_access.remove(key);
         self.unreference(old.fill);
         Some(old)
+    }
+
+    /// Forgets the original kept for `key`, if any; its fill goes when no pin holds it.
+    fn forget_original(&mut self, key: &str) -> Option<Entry> {
+        let old = self.originals.remove(key)?;
+        self.originals_usage.artifacts -= 1;
+        self.originals_usage.bytes -= old.len;
+        self.unreference(old.fill);
+        Some(old)
+    }
+
+    /// The oldest originals whose lengths add up to at least `excess` bytes.
+    fn oldest_originals(&self, mut excess: u64) -> Vec<(String, FillId)> {
+        let mut by_age: Vec<(&String, &Entry)> = self.originals.iter().collect();
+        by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
+        let mut victims = Vec::new();
+        for (key, entry) in by_age {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(entry.len);
+            victims.push((key.clone(), entry.fill));
+        }
+        victims
     }
 
     /// The oldest artifacts whose lengths add up to at least `excess` bytes.
@@ -312,6 +365,28 @@ impl<B: Backend> Engine<B> {
                 _ => {
                     warn!(key = %String::from_utf8_lossy(&raw_key), "dropping unreadable artifact record");
                     backend.remove(Tree::Artifacts, &raw_key)?;
+                }
+            }
+        }
+        let prefix = codec::record_key(ORIGINALS, b"")?;
+        let mut originals = Vec::new();
+        backend.scan(Tree::Records, &prefix, &mut |key, value| {
+            originals.push((key.to_vec(), codec::decode_meta(value)));
+        })?;
+        for (raw_key, meta) in originals {
+            let key = std::str::from_utf8(&raw_key[prefix.len()..]).ok();
+            match (key, meta) {
+                // An original of a key served again is redundant (a crash between the
+                // publish and the original's removal): it goes like a damaged one.
+                (Some(key), Some(meta))
+                    if registered.contains(&meta.fill)
+                        && !state.fills.contains_key(&meta.fill)
+                        && !state.entries.contains_key(key) =>
+                {
+                    state.keep_original(key.to_owned(), meta.fill, meta.len, 0);
+                }
+                _ => {
+                    backend.remove(Tree::Records, &raw_key)?;
                 }
             }
         }
@@ -424,7 +499,73 @@ impl<B: Backend> Engine<B> {
         let tick = state.tick();
         state.install(key.to_owned(), meta.fill, meta.len, tick);
         state.dirty_access.insert(key.to_owned());
+        // What is served under the key now makes an original of it redundant (the same
+        // content refilled) or obsolete (an operator let new content in).
+        if state.originals.contains_key(key) {
+            self.backend().remove(
+                Tree::Records,
+                &codec::record_key(ORIGINALS, key.as_bytes())?,
+            )?;
+            state.forget_original(key);
+        }
         Ok(())
+    }
+
+    /// Keeps the artifact under `key` (if it still holds `only_fill`) as an original: no
+    /// longer served, its bytes kept. Returns whether it moved and its length.
+    fn demote(&self, key: &str, only_fill: FillId) -> Result<(bool, u64), StoreError> {
+        {
+            let mut state = self.state();
+            let Some(entry) = state.entries.get(key) else {
+                return Ok((false, 0));
+            };
+            if entry.fill != only_fill {
+                return Ok((false, 0));
+            }
+            let last_used = entry.last_used;
+            let Some(record) = self.backend().get(Tree::Artifacts, key.as_bytes())? else {
+                return Ok((false, 0));
+            };
+            // The original's record first, so a crash between the two leaves both (the
+            // original is dropped on open) rather than neither.
+            self.backend().insert(
+                Tree::Records,
+                &codec::record_key(ORIGINALS, key.as_bytes())?,
+                record.to_vec(),
+            )?;
+            self.backend().remove(Tree::Artifacts, key.as_bytes())?;
+            let Some(entry) = state.entries.remove(key) else {
+                return Ok((false, 0));
+            };
+            state.usage.artifacts -= 1;
+            state.usage.bytes -= entry.len;
+            state.dirty_access.remove(key);
+            state.keep_original(key.to_owned(), entry.fill, entry.len, last_used);
+            drop(state);
+            self.backend().remove(Tree::Access, key.as_bytes())?;
+            Ok((true, entry.len))
+        }
+    }
+
+    /// Deletes the original kept for `key` (if it still holds `only_fill`, when given).
+    /// Returns whether one was dropped and its length.
+    fn drop_original(
+        &self,
+        key: &str,
+        only_fill: Option<FillId>,
+    ) -> Result<(bool, u64), StoreError> {
+        let mut state = self.state();
+        let Some(entry) = state.originals.get(key) else {
+            return Ok((false, 0));
+        };
+        if only_fill.is_some_and(|fill| fill != entry.fill) {
+            return Ok((false, 0));
+        }
+        self.backend().remove(
+            Tree::Records,
+            &codec::record_key(ORIGINALS, key.as_bytes())?,
+        )?;
+        Ok((true, state.forget_original(key).map_or(0, |e| e.len)))
     }
 
     fn persist_access_times(&self) -> Result<(), StoreError> {
@@ -618,8 +759,9 @@ impl<B: Backend> ArtifactStore for Engine<B> {
 
     fn remove(&self, key: &str) -> Result<bool, StoreError> {
         let (removed, _) = self.unpublish(key, None)?;
+        let (dropped, _) = self.drop_original(key, None)?;
         self.collect_garbage();
-        Ok(removed)
+        Ok(removed || dropped)
     }
 
     fn pin(&self, fill: FillId) -> Option<PinGuard> {
@@ -700,26 +842,103 @@ impl<B: Backend> ArtifactStore for Engine<B> {
                 .map_or(0, |free| min_free.saturating_sub(free)),
             None => 0,
         };
-        let victims = {
+        // Everything stored must fit `target`; served artifacts leave the originals' room.
+        let room = policy.originals_room();
+        let budget = policy.max_bytes.unwrap_or(u64::MAX);
+        let (target, victims) = {
             let state = self.state();
-            let mut target = state.usage.bytes.saturating_sub(shortfall);
-            if let Some(max_bytes) = policy.max_bytes {
-                target = target.min(max_bytes);
-            }
-            state.least_recently_used(state.usage.bytes.saturating_sub(target))
+            let total = state.usage.bytes + state.originals_usage.bytes;
+            let target = total.saturating_sub(shortfall).min(budget);
+            let served_target = target.min(budget.saturating_sub(room));
+            let victims =
+                state.least_recently_used(state.usage.bytes.saturating_sub(served_target));
+            (target, victims)
         };
 
         let mut report = EvictionReport::default();
         for (key, fill) in victims {
             // A victim replaced since the snapshot above is fresh again and is left alone.
-            let (removed, bytes) = self.unpublish(&key, Some(fill))?;
-            if removed {
+            let keeps = policy
+                .originals
+                .is_some_and(|originals| originals.max_bytes > 0 && (originals.applies_to)(&key));
+            let (gone, bytes) = if keeps {
+                let (moved, bytes) = self.demote(&key, fill)?;
+                report.kept_as_originals += u64::from(moved);
+                (moved, bytes)
+            } else {
+                self.unpublish(&key, Some(fill))?
+            };
+            if gone {
                 report.artifacts += 1;
                 report.bytes += bytes;
             }
         }
+        let excess = {
+            let state = self.state();
+            let budget = room.min(target.saturating_sub(state.usage.bytes));
+            state.originals_usage.bytes.saturating_sub(budget)
+        };
+        let dropped = self.state().oldest_originals(excess);
+        for (key, fill) in dropped {
+            let (dropped, bytes) = self.drop_original(&key, Some(fill))?;
+            if dropped {
+                report.originals_dropped += 1;
+                report.originals_dropped_bytes += bytes;
+            }
+        }
         self.collect_garbage();
         Ok(report)
+    }
+
+    fn restore_original(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        let restored = {
+            let mut state = self.state();
+            if state.entries.contains_key(key) || !state.originals.contains_key(key) {
+                return Ok(None);
+            }
+            let record_key = codec::record_key(ORIGINALS, key.as_bytes())?;
+            let Some(record) = self.backend().get(Tree::Records, &record_key)? else {
+                return Ok(None);
+            };
+            let Some(meta) = codec::decode_meta(&record) else {
+                warn!(key, "dropping unreadable original record");
+                self.backend().remove(Tree::Records, &record_key)?;
+                state.forget_original(key);
+                drop(state);
+                self.collect_garbage();
+                return Ok(None);
+            };
+            // Served again first, so a crash between the two leaves both (the original is
+            // dropped on open) rather than neither.
+            self.backend()
+                .insert(Tree::Artifacts, key.as_bytes(), record.to_vec())?;
+            self.backend().remove(Tree::Records, &record_key)?;
+            if let Some(entry) = state.originals.remove(key) {
+                state.originals_usage.artifacts -= 1;
+                state.originals_usage.bytes -= entry.len;
+            }
+            let tick = state.tick();
+            state.install(key.to_owned(), meta.fill, meta.len, tick);
+            state.dirty_access.insert(key.to_owned());
+            meta
+        };
+        Ok(Some(restored))
+    }
+
+    fn originals(&self, prefix: &str) -> Vec<(String, u64)> {
+        let state = self.state();
+        let mut found: Vec<(String, u64)> = state
+            .originals
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, entry)| (key.clone(), entry.len))
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
+    fn originals_usage(&self) -> Usage {
+        self.state().originals_usage
     }
 
     fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

@@ -169,6 +169,24 @@ impl Store {
         self.blocking(move |s| s.evict(&policy)).await
     }
 
+    pub async fn restore_original(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.restore_original(&key)).await
+    }
+
+    pub fn originals(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.0.originals(prefix)
+    }
+
+    pub fn originals_usage(&self) -> Usage {
+        self.0.originals_usage()
+    }
+
+    /// Whether what is stored calls for an eviction under `policy` (free space aside).
+    pub fn exceeds(&self, policy: &EvictionPolicy) -> bool {
+        policy.exceeded(self.0.usage(), self.0.originals_usage())
+    }
+
     pub async fn put_record(
         &self,
         namespace: &str,

@@ -99,19 +99,55 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct EvictionPolicy {
-    /// Budget for `Usage::bytes`.
+    /// Budget for everything stored: served artifacts and kept originals together.
     pub max_bytes: Option<u64>,
     /// Free space to keep on the filesystem holding the store; ignored by `MemoryStore`.
     pub min_free_bytes: Option<u64>,
+    /// Evicted artifacts whose bytes are kept as originals rather than deleted.
+    pub originals: Option<OriginalsPolicy>,
+}
+
+/// Which evicted artifacts keep their bytes as originals, and how many bytes of
+/// [`EvictionPolicy::max_bytes`] are set aside for them. An original is not served (a lookup
+/// misses), but it can be restored in place ([`ArtifactStore::restore_original`]); the oldest
+/// go first when their share is full, and before anything else when the disk runs short.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginalsPolicy {
+    pub max_bytes: u64,
+    /// Whether the evicted artifact under this key keeps its bytes.
+    pub applies_to: fn(&str) -> bool,
+}
+
+impl EvictionPolicy {
+    /// The share of `max_bytes` set aside for originals (none when they are not kept).
+    fn originals_room(&self) -> u64 {
+        self.originals.map_or(0, |originals| originals.max_bytes)
+    }
+
+    /// Whether `served` and `originals` together call for an eviction (free space aside).
+    pub fn exceeded(&self, served: Usage, originals: Usage) -> bool {
+        let Some(max) = self.max_bytes else {
+            return false;
+        };
+        served.bytes + originals.bytes > max
+            || served.bytes > max.saturating_sub(self.originals_room())
+            || originals.bytes > self.originals_room()
+    }
 }
 
 /// What one `evict` call removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvictionReport {
+    /// Artifacts no longer served (deleted, or kept as originals), and their bytes.
     pub artifacts: u64,
     pub bytes: u64,
+    /// Of those, the ones kept as originals.
+    pub kept_as_originals: u64,
+    /// Originals deleted, and their bytes.
+    pub originals_dropped: u64,
+    pub originals_dropped_bytes: u64,
 }
 
 /// Keeps a fill's chunks on disk while it lives; dropping the last pin of a fill that was
@@ -230,8 +266,28 @@ pub trait ArtifactStore: Send + Sync + 'static {
     fn kept_usage(&self) -> Usage;
 
     /// Removes least-recently-used artifacts until `policy` is met; kept keys are never
-    /// removed, even when that leaves the policy unmet.
+    /// removed, even when that leaves the policy unmet. Removed artifacts the policy names
+    /// keep their bytes as originals (see [`OriginalsPolicy`]).
     fn evict(&self, policy: &EvictionPolicy) -> Result<EvictionReport, StoreError>;
+
+    /// Serves the original kept for `key` since its eviction again, as its artifact.
+    /// `Ok(None)` if none is kept, or if another artifact was published under `key` since.
+    fn restore_original(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Keys of originals kept since eviction starting with `prefix`, with their lengths,
+    /// sorted. Memory only.
+    fn originals(&self, prefix: &str) -> Vec<(String, u64)> {
+        let _ = prefix;
+        Vec::new()
+    }
+
+    /// Originals kept since eviction. Memory only.
+    fn originals_usage(&self) -> Usage {
+        Usage::default()
+    }
 
     /// Small persisted metadata, kept apart from artifacts and never evicted.
     fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;

@@ -341,6 +341,7 @@ mod tests {
         let policy = EvictionPolicy {
             max_bytes: Some(5),
             min_free_bytes: None,
+            originals: None,
         };
         store.evict(&policy).unwrap();
         assert!(
@@ -349,6 +350,33 @@ mod tests {
         );
         assert!(store.lookup("a").unwrap().is_some());
         assert!(store.lookup("c").unwrap().is_some());
+    }
+
+    #[test]
+    fn originals_survive_reopen() {
+        let (store, dir) = temp_sled();
+        let kept = store_artifact(&store, "v/kept", &[b"kkkk", b"kk"]);
+        store_artifact(&store, "v/served", &[b"ssss"]);
+        store.touch("v/served");
+        let report = store
+            .evict(&super::super::contract::keeping_originals(100, 95))
+            .unwrap();
+        assert_eq!(report.kept_as_originals, 1);
+        store.flush().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.originals(""), [("v/kept".to_owned(), 6)]);
+        assert!(store.lookup("v/kept").unwrap().is_none());
+        assert_eq!(store.usage().bytes, 4);
+        assert_eq!(chunks_on_disk(&store, kept.fill), 2);
+        let restored = store.restore_original("v/kept").unwrap().expect("restored");
+        assert_eq!(read_all(&store, &restored), b"kkkkkk");
+        drop(store);
+
+        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        assert_eq!(store.lookup("v/kept").unwrap(), Some(kept));
+        assert_eq!(store.originals(""), []);
     }
 
     #[test]
@@ -366,6 +394,7 @@ mod tests {
         let nothing = EvictionPolicy {
             max_bytes: Some(0),
             min_free_bytes: None,
+            originals: None,
         };
         assert_eq!(store.evict(&nothing).unwrap().artifacts, 1);
         assert!(store.lookup("kept").unwrap().is_some());
@@ -440,12 +469,14 @@ mod tests {
         let modest = EvictionPolicy {
             max_bytes: None,
             min_free_bytes: Some(1),
+            originals: None,
         };
         assert_eq!(store.evict(&modest).unwrap().artifacts, 0);
 
         let impossible = EvictionPolicy {
             max_bytes: None,
             min_free_bytes: Some(u64::MAX),
+            originals: None,
         };
         let report = store.evict(&impossible).unwrap();
         assert_eq!((report.artifacts, report.bytes), (2, 6));

@@ -517,6 +517,18 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
         self.local.evict(policy)
     }
 
+    fn restore_original(&self, key: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        self.local.restore_original(key)
+    }
+
+    fn originals(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.local.originals(prefix)
+    }
+
+    fn originals_usage(&self) -> Usage {
+        self.local.originals_usage()
+    }
+
     fn put_record(&self, namespace: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.local.put_record(namespace, key, value)
     }
@@ -600,6 +612,7 @@ mod tests {
         let everything = EvictionPolicy {
             max_bytes: Some(0),
             min_free_bytes: None,
+            originals: None,
         };
         assert_eq!(a.evict(&everything).unwrap().artifacts, 1);
         assert_eq!(a.usage().artifacts, 0);
