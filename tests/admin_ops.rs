@@ -291,19 +291,7 @@ async fn purge_lets_a_moved_tag_in_and_integrity_lists_it_until_then() {
     let admin = Admin::start(&fake).await;
     let zip = format!("{GO}/v1.0.0.zip");
     let first = admin.get(&zip).await;
-    support::eventually("fingerprinted", || {
-        matches!(
-            admin
-                .proxy
-                .state
-                .fills
-                .store()
-                .inner()
-                .get_record("integrity", zip.as_bytes()),
-            Ok(Some(_))
-        )
-    })
-    .await;
+    support::eventually("fingerprinted", || admin.proxy.fingerprinted(&zip)).await;
     fake.move_tag(1, "v1.0.0", MOVED, module_files("package lib // moved\n"));
     admin
         .proxy
@@ -389,20 +377,8 @@ async fn after_eviction_a_moved_tag_and_a_re_pushed_gem_get_the_kept_first_copy_
     let zip = format!("{GO}/v1.0.0.zip");
     let first_gem = admin.get(&gem).await;
     let first_zip = admin.get(&zip).await;
-    let fingerprinted = |key: &str| {
-        matches!(
-            admin
-                .proxy
-                .state
-                .fills
-                .store()
-                .inner()
-                .get_record("integrity", key.as_bytes()),
-            Ok(Some(_))
-        )
-    };
     for key in [&gem, &zip] {
-        support::eventually("fingerprinted", || fingerprinted(key)).await;
+        support::eventually("fingerprinted", || admin.proxy.fingerprinted(key)).await;
     }
 
     // The tag is force-pushed and the gem re-uploaded under the same version.

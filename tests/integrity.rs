@@ -57,20 +57,6 @@ async fn get(proxy: &TestProxy, path: &str) -> client::Response {
     client::get(&format!("{}{path}", proxy.url()), &[]).await
 }
 
-/// Whether the first copy of `key` has its fingerprint recorded (checked on the blocking
-/// store, as the condition runs in a synchronous closure).
-fn fingerprinted(proxy: &TestProxy, key: &str) -> bool {
-    matches!(
-        proxy
-            .state
-            .fills
-            .store()
-            .inner()
-            .get_record("integrity", key.as_bytes()),
-        Ok(Some(_))
-    )
-}
-
 fn is_stored(proxy: &TestProxy, key: &str) -> bool {
     matches!(proxy.state.fills.store().inner().lookup(key), Ok(Some(_)))
 }
@@ -102,7 +88,7 @@ async fn a_moved_tag_is_held_back_on_refill_until_purged() {
     let first = get(&proxy, &zip).await;
     assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
     support::eventually("the first copy is fingerprinted", || {
-        fingerprinted(&proxy, &zip)
+        proxy.fingerprinted(&zip)
     })
     .await;
     fake.move_tag(
@@ -167,7 +153,7 @@ async fn relayed_moved_tags_are_detected_on_refill_and_never_adopted() {
     let first = get(&proxy, &zip).await;
     assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
     support::eventually("the first copy is fingerprinted", || {
-        fingerprinted(&proxy, &zip)
+        proxy.fingerprinted(&zip)
     })
     .await;
     let pinned = proxy
@@ -260,7 +246,7 @@ async fn same_content_refilled_is_not_a_change() {
     ];
     for path in &paths {
         assert_eq!(get(&proxy, path).await.status, 200, "{path}");
-        support::eventually("fingerprinted", || fingerprinted(&proxy, path)).await;
+        support::eventually("fingerprinted", || proxy.fingerprinted(path)).await;
     }
     evict_everything(&proxy).await;
     for path in &paths {
@@ -280,7 +266,7 @@ async fn a_re_pushed_gem_is_detected_and_the_tag_move_shows_in_info_and_mod() {
     let module = format!("{GO}/v1.0.0.mod");
     for path in [&gem, &info, &module] {
         assert_eq!(get(&proxy, path).await.status, 200);
-        support::eventually("fingerprinted", || fingerprinted(&proxy, path)).await;
+        support::eventually("fingerprinted", || proxy.fingerprinted(path)).await;
     }
     fake.push_gem(1, GemFixture::new("rack", "3.0.0", noise(50_000, 2)));
     let mut files = module_files(MODULE, "package lib\n");
@@ -320,7 +306,7 @@ async fn a_sampled_recheck_finds_a_moved_tag_while_the_first_copy_is_served() {
     let first_info = get(&proxy, &info).await;
     let first_zip = get(&proxy, &zip).await;
     for path in [&info, &zip] {
-        support::eventually("fingerprinted", || fingerprinted(&proxy, path)).await;
+        support::eventually("fingerprinted", || proxy.fingerprinted(path)).await;
     }
 
     fake.move_tag(

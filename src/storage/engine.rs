@@ -170,6 +170,31 @@ struct Entry {
     last_used: u64,
 }
 
+/// Marks `entry`'s fill committed and files the entry under `key` in `map`, counted in
+/// `usage`; returns the entry it displaced, no longer counted (its fill is the caller's to
+/// unreference).
+fn file_under(
+    fills: &mut HashMap<FillId, FillEntry>,
+    map: &mut HashMap<String, Entry>,
+    usage: &mut Usage,
+    key: String,
+    entry: Entry,
+) -> Option<Entry> {
+    fills
+        .entry(entry.fill)
+        .or_insert(FillEntry {
+            stage: Stage::Committed,
+            pins: 0,
+        })
+        .stage = Stage::Committed;
+    usage.artifacts += 1;
+    usage.bytes += entry.len;
+    let old = map.insert(key, entry)?;
+    usage.artifacts -= 1;
+    usage.bytes -= old.len;
+    Some(old)
+}
+
 /// Poisoning is ignored: every critical section leaves the state consistent at each step, and
 /// refusing all further storage calls after an unrelated panic would be worse.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,46 +225,36 @@ impl State {
 
     /// Publishes `fill` under `key` in memory, unreferencing whatever it replaces.
     fn install(&mut self, key: String, fill: FillId, len: u64, last_used: u64) {
-        self.fills
-            .entry(fill)
-            .or_insert(FillEntry {
-                stage: Stage::Committed,
-                pins: 0,
-            })
-            .stage = Stage::Committed;
-        self.usage.artifacts += 1;
-        self.usage.bytes += len;
-        let new = Entry {
+        let entry = Entry {
             fill,
             len,
             last_used,
         };
-        if let Some(old) = self.entries.insert(key, new) {
-            self.usage.artifacts -= 1;
-            self.usage.bytes -= old.len;
+        if let Some(old) = file_under(
+            &mut self.fills,
+            &mut self.entries,
+            &mut self.usage,
+            key,
+            entry,
+        ) {
             self.unreference(old.fill);
         }
     }
 
-    /// Holds `fill` as the original of `key` (committed, not served).
+    /// Holds `fill` as the original of `key` (committed, not served), unreferencing the
+    /// original it replaces.
     fn keep_original(&mut self, key: String, fill: FillId, len: u64, last_used: u64) {
-        self.fills
-            .entry(fill)
-            .or_insert(FillEntry {
-                stage: Stage::Committed,
-                pins: 0,
-            })
-            .stage = Stage::Committed;
-        self.originals_usage.artifacts += 1;
-        self.originals_usage.bytes += len;
-        let kept = Entry {
+        let entry = Entry {
             fill,
             len,
             last_used,
         };
-        if let Some(old) = self.originals.insert(key, kept) {
-            self.originals_usage.artifacts -= 1;
-            self.originals_usage.bytes -= old.len;
+        let (fills, originals, usage) = (
+            &mut self.fills,
+            &mut self.originals,
+            &mut self.originals_usage,
+        );
+        if let Some(old) = file_under(fills, originals, usage, key, entry) {
             self.unreference(old.fill);
         }
     }

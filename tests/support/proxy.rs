@@ -72,6 +72,20 @@ impl TestProxy {
         }
     }
 
+    /// Whether the first copy of `key` has its integrity fingerprint recorded (read from the
+    /// blocking store, so that it can run in `support::eventually`'s condition).
+    #[allow(dead_code)]
+    pub fn fingerprinted(&self, key: &str) -> bool {
+        matches!(
+            self.state
+                .fills
+                .store()
+                .inner()
+                .get_record("integrity", key.as_bytes()),
+            Ok(Some(_))
+        )
+    }
+
     pub fn url(&self) -> String {
         self.running.url()
     }
