@@ -21,6 +21,24 @@ const MODULE: &str = "gitlab.example.com/group/proj";
 const GO: &str = "/api/v4/projects/1/packages/go/gitlab.example.com/group/proj/@v";
 const GEMS_1: &str = "/api/v4/projects/1/packages/rubygems/gems";
 const GEMS_2: &str = "/api/v4/projects/2/packages/rubygems/gems";
+const PURGE_MODULE_V1: [&str; 7] = [
+    "purge",
+    "--project",
+    "1",
+    "--module",
+    MODULE,
+    "--version",
+    "v1.0.0",
+];
+const PURGE_RACK_3_0_0: [&str; 7] = [
+    "purge",
+    "--project",
+    "1",
+    "--gem",
+    "rack",
+    "--version",
+    "3.0.0",
+];
 
 fn module_files(code: &str) -> Vec<(String, Vec<u8>)> {
     vec![
@@ -256,17 +274,7 @@ async fn stats_add_up_and_purging_a_project_leaves_the_others() {
     assert!(out.contains("hit ratio 50.0%"), "{out}");
 
     // One gem version of project 1, then the rest of project 1; project 2 is never touched.
-    let (code, out, err) = admin
-        .command(&[
-            "purge",
-            "--project",
-            "1",
-            "--gem",
-            "rack",
-            "--version",
-            "3.0.0",
-        ])
-        .await;
+    let (code, out, err) = admin.command(&PURGE_RACK_3_0_0).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("purged 1 artifacts"), "{out}");
     assert!(!admin.stored(&keys[3]));
@@ -332,17 +340,7 @@ async fn purge_lets_a_moved_tag_in_and_integrity_lists_it_until_then() {
         admin.proxy.state.fills.in_flight() == 0
     })
     .await;
-    let (code, out, err) = admin
-        .command(&[
-            "purge",
-            "--project",
-            "1",
-            "--module",
-            MODULE,
-            "--version",
-            "v1.0.0",
-        ])
-        .await;
+    let (code, out, err) = admin.command(&PURGE_MODULE_V1).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("forgot 1 first-copy fingerprints"), "{out}");
     let listed = admin.json("GET", "integrity", None).await;
@@ -449,32 +447,12 @@ async fn after_eviction_a_moved_tag_and_a_re_pushed_gem_get_the_kept_first_copy_
     }
 
     // The operator's purge lets GitLab's current content in, version by version.
-    let (code, out, err) = admin
-        .command(&[
-            "purge",
-            "--project",
-            "1",
-            "--module",
-            MODULE,
-            "--version",
-            "v1.0.0",
-        ])
-        .await;
+    let (code, out, err) = admin.command(&PURGE_MODULE_V1).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("purged 1 artifacts"), "{out}");
     let fetched = admin.get(&zip).await;
     assert!(fetched.body == moved_zip.body, "the moved tag's content");
-    let (code, out, err) = admin
-        .command(&[
-            "purge",
-            "--project",
-            "1",
-            "--gem",
-            "rack",
-            "--version",
-            "3.0.0",
-        ])
-        .await;
+    let (code, out, err) = admin.command(&PURGE_RACK_3_0_0).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("purged 1 artifacts"), "{out}");
     let fetched = admin.get(&gem).await;

@@ -195,6 +195,27 @@ fn file_under(
     Some(old)
 }
 
+/// The least recently used of `entries` whose lengths add up to at least `excess` bytes.
+fn oldest<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Entry)>,
+    mut excess: u64,
+) -> Vec<(String, FillId)> {
+    if excess == 0 {
+        return Vec::new();
+    }
+    let mut by_age: Vec<(&String, &Entry)> = entries.collect();
+    by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
+    let mut victims = Vec::new();
+    for (key, entry) in by_age {
+        if excess == 0 {
+            break;
+        }
+        excess = excess.saturating_sub(entry.len);
+        victims.push((key.clone(), entry.fill));
+    }
+    victims
+}
+
 /// Poisoning is ignored: every critical section leaves the state consistent at each step, and
 /// refusing all further storage calls after an unrelated panic would be worse.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -278,40 +299,17 @@ impl State {
     }
 
     /// The oldest originals whose lengths add up to at least `excess` bytes.
-    fn oldest_originals(&self, mut excess: u64) -> Vec<(String, FillId)> {
-        let mut by_age: Vec<(&String, &Entry)> = self.originals.iter().collect();
-        by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
-        let mut victims = Vec::new();
-        for (key, entry) in by_age {
-            if excess == 0 {
-                break;
-            }
-            excess = excess.saturating_sub(entry.len);
-            victims.push((key.clone(), entry.fill));
-        }
-        victims
+    fn oldest_originals(&self, excess: u64) -> Vec<(String, FillId)> {
+        oldest(self.originals.iter(), excess)
     }
 
     /// The oldest artifacts whose lengths add up to at least `excess` bytes.
-    fn least_recently_used(&self, mut excess: u64) -> Vec<(String, FillId)> {
-        if excess == 0 {
-            return Vec::new();
-        }
-        let mut by_age: Vec<(&String, &Entry)> = self
+    fn least_recently_used(&self, excess: u64) -> Vec<(String, FillId)> {
+        let evictable = self
             .entries
             .iter()
-            .filter(|(key, _)| !self.kept.contains(*key))
-            .collect();
-        by_age.sort_unstable_by_key(|(_, entry)| entry.last_used);
-        let mut victims = Vec::new();
-        for (key, entry) in by_age {
-            if excess == 0 {
-                break;
-            }
-            excess = excess.saturating_sub(entry.len);
-            victims.push((key.clone(), entry.fill));
-        }
-        victims
+            .filter(|(key, _)| !self.kept.contains(*key));
+        oldest(evictable, excess)
     }
 
     fn unreference(&mut self, fill: FillId) {
