@@ -3,7 +3,9 @@
 //! found on the first read after a start fails the response as before, damage after
 //! verification is caught by `admin verify` (which drops the marks), a chunk file truncated
 //! under a response never brings the proxy down, and a client that stalls or leaves takes
-//! its mapped chunks with it.
+//! its mapped chunks with it. Verified chunks stay open and mapped for later hits (sent even
+//! after their files were unlinked from outside, the right bytes of that fill) until
+//! `admin verify` finds them gone, or a purge deletes the fill.
 
 mod support;
 
@@ -310,6 +312,105 @@ async fn admin_verify_catches_damage_after_verification_and_drops_the_marks() {
     let again = get(&proxy, &big()).await;
     assert_eq!((again.status, again.header("x-cache")), (200, Some("miss")));
     assert_eq!(again.body, original);
+}
+
+async fn verify_report(proxy: &TestProxy) -> Value {
+    admin(proxy, "POST", "verify").await;
+    let mut report = Value::Null;
+    for _ in 0..500 {
+        report = admin(proxy, "GET", "verify").await["report"].clone();
+        if report["running"] == Value::Bool(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(report["running"], Value::Bool(false), "{report}");
+    report
+}
+
+fn kept_of(store: &Store, meta: &ArtifactMeta) -> u32 {
+    (0..meta.chunk_count)
+        .filter(|&i| store.verified().mapped().get(meta.fill, i).is_some())
+        .count() as u32
+}
+
+#[tokio::test]
+async fn verified_chunks_stay_mapped_until_verify_or_purge_lets_them_go() {
+    let fake = gitlab().await;
+    let token_dir = tempfile::tempdir().expect("a directory for the token");
+    let token_file = token_dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("token file");
+    let proxy = TestProxy::start_with(&fake.url(), |c| {
+        c.admin_token_file = Some(token_file.clone());
+    })
+    .await;
+    let metrics = proxy.state.metrics.clone();
+    let store = proxy.state.fills.store().clone();
+    let (original, meta) = fill(&proxy, &big()).await;
+    // The first hit checks chunk 0 before answering, then sends it mapped; the rest are
+    // read through their CRC. The second hit maps them all.
+    assert_eq!(get(&proxy, &big()).await.body, original, "verified");
+    assert_eq!(
+        kept_of(&store, &meta),
+        1,
+        "chunk 0, verified before the answer"
+    );
+    assert_eq!(get(&proxy, &big()).await.body, original, "mapped");
+    assert_eq!(kept_of(&store, &meta), meta.chunk_count, "every chunk kept");
+
+    // Unlinked from outside: the open files still hold this fill's bytes, and later hits
+    // send them without opening anything.
+    let fill_dir = chunk_path(&proxy, &meta, 0)
+        .parent()
+        .expect("fill directory")
+        .to_owned();
+    std::fs::remove_dir_all(&fill_dir).expect("remove the chunk files");
+    let before = metrics.sendfile_bytes_total();
+    let kept = get(&proxy, &big()).await;
+    assert_eq!((kept.status, kept.header("x-cache")), (200, Some("hit")));
+    assert_eq!(kept.body, original, "the kept files' bytes");
+    assert_eq!(metrics.sendfile_bytes_total() - before, BIG_LEN as u64);
+    assert_eq!(fake.hits(&big()), 1);
+
+    // `admin verify` reads from the store's files, finds them missing, and drops the
+    // artifact with its marks and kept chunks: the next request fetches it again.
+    let report = verify_report(&proxy).await;
+    assert_eq!(
+        report["dropped"][0]["key"],
+        Value::String(big()),
+        "{report}"
+    );
+    assert_eq!(kept_of(&store, &meta), 0, "no kept chunk survives verify");
+    let again = get(&proxy, &big()).await;
+    assert_eq!((again.status, again.header("x-cache")), (200, Some("miss")));
+    assert_eq!(again.body, original);
+    assert_eq!(fake.hits(&big()), 2);
+
+    // A purge deletes the new fill, and its kept chunks (open files) go with it.
+    eventually("the fill is committed", || stored(&store, &big()).is_some()).await;
+    let meta = stored(&store, &big()).expect("committed");
+    get(&proxy, &big()).await;
+    assert_eq!(get(&proxy, &big()).await.body, original);
+    assert_eq!(kept_of(&store, &meta), meta.chunk_count);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let purged = client::request(
+        "POST",
+        &format!("{}/-/pkg-cache/admin/purge", proxy.url()),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        Some(Bytes::from(r#"{"project": "1"}"#)),
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    eventually("the purged fill's kept chunks are dropped", || {
+        kept_of(&store, &meta) == 0
+    })
+    .await;
+    let after = get(&proxy, &big()).await;
+    assert_eq!((after.status, after.header("x-cache")), (200, Some("miss")));
+    assert_eq!(after.body, original);
 }
 
 /// Starts a GET of `path` and reads only its first bytes, with a tiny receive window.

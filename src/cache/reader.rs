@@ -12,8 +12,10 @@
 //! goes through its CRC as it is read (checked when its last piece is read, before the
 //! response can complete) and is marked verified when it passes (`storage::verified`). A
 //! verified chunk is read without the CRC, and on a plain HTTP/1.1 connection it is not read
-//! by the proxy at all: it is mapped and sent with `sendfile(2)` (see `crate::sendfile`).
-//! Readers that follow a fill in flight keep the read path and its CRC.
+//! by the proxy at all: it is mapped and sent with `sendfile(2)` (see `crate::sendfile`), and
+//! the mapping is kept (`storage::mapped`) so that later hits of the chunk send it without
+//! opening its file again. Readers that follow a fill in flight keep the read path and its
+//! CRC.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,9 +28,9 @@ use tokio::sync::watch;
 use super::fill::{Fills, Progress};
 use crate::body::{self, Body, BoxError};
 use crate::metrics::Metrics;
-use crate::sendfile::FileRegions;
+use crate::sendfile::{FileRegions, OnShort};
 use crate::storage::{
-    ArtifactMeta, Cached, ChunkReader, FillId, FillMarks, PinGuard, Store, StoreError,
+    ArtifactMeta, Cached, ChunkReader, FillId, FillMarks, MappedChunk, PinGuard, Store, StoreError,
 };
 
 /// Size of the pieces a response is read and sent in.
@@ -61,6 +63,8 @@ pub struct Reader {
     marks: Option<Arc<FillMarks>>,
     /// The connection's registry, when verified chunks may be sent with `sendfile`.
     regions: Option<FileRegions>,
+    /// What a mapped chunk found shorter than its data does (made on first use).
+    on_short: Option<OnShort>,
     _pin: PinGuard,
 }
 
@@ -109,6 +113,7 @@ impl Reader {
         Reader {
             marks,
             regions: None,
+            on_short: None,
             store: fills.store().clone(),
             metrics: fills.metrics().clone(),
             key,
@@ -139,6 +144,10 @@ impl Reader {
     /// Opens the first chunk and reads it through once to check its CRC, so that a damaged
     /// artifact is found before a response is promised (and can be fetched again).
     pub async fn check_first(&mut self) -> Result<(), BoxError> {
+        if self.kept_mapping(self.next).is_some() {
+            // Verified, and its file is held open and mapped for this fill.
+            return Ok(());
+        }
         if !self.open_next().await? {
             return Ok(());
         }
@@ -166,6 +175,15 @@ impl Reader {
     pub async fn next_piece(&mut self) -> Result<Option<Bytes>, BoxError> {
         loop {
             let Some(chunk) = self.chunk.as_mut() else {
+                if let Some(kept) = self.kept_mapping(self.next) {
+                    let index = self.next;
+                    self.next += 1;
+                    let registered = self.register(kept, index);
+                    let Some(piece) = self.after_skip(registered) else {
+                        continue;
+                    };
+                    return Ok(Some(piece));
+                }
                 if !self.open_next().await? {
                     return Ok(None);
                 }
@@ -231,37 +249,73 @@ impl Reader {
         }
     }
 
+    /// Chunk `index` of a committed fill, verified and kept mapped, when this response has
+    /// a connection to send files on: sent without opening the chunk again.
+    fn kept_mapping(&self, index: u32) -> Option<Arc<MappedChunk>> {
+        self.regions.as_ref()?;
+        match self.source {
+            Source::Committed { total } if index < total => {}
+            _ => return None,
+        }
+        // Checked on the reader's own marks: a revocation since they were taken shows here.
+        if !self.is_verified(index) {
+            return None;
+        }
+        self.store.verified().mapped().get(self.fill, index)
+    }
+
+    /// `chunk` registered with the connection, as the bytes to send.
+    fn register(&mut self, chunk: Arc<MappedChunk>, index: u32) -> Bytes {
+        let on_short = self
+            .on_short
+            .get_or_insert_with(|| {
+                let (verified, fill, key) =
+                    (self.store.verified().clone(), self.fill, self.key.clone());
+                Arc::new(move || {
+                    tracing::warn!(%key, %fill, "chunk file shrank after it was verified; checking it again on its next read");
+                    verified.revoke(fill);
+                })
+            })
+            .clone();
+        let Some(regions) = self.regions.as_ref() else {
+            // Only called with regions; keep the bytes' meaning regardless.
+            tracing::debug!(key = %self.key, chunk = index, "no connection to send a mapped chunk on");
+            return Bytes::copy_from_slice(chunk.mapping());
+        };
+        regions.register(chunk, on_short)
+    }
+
     /// The whole open chunk as mapped bytes for `sendfile`, when it is verified, not yet
     /// read from and this response has a connection to send files on. The chunk is done
-    /// with once mapped. `None` keeps the read path, which also finds and reports a chunk
-    /// file shorter than its data.
+    /// with once mapped, and its mapping is kept for later hits. `None` keeps the read path,
+    /// which also finds and reports a chunk file shorter than its data.
     fn map_verified(&mut self) -> Option<Bytes> {
-        let regions = self.regions.as_ref()?;
+        self.regions.as_ref()?;
         let chunk = self.chunk.as_ref()?;
         let index = self.next - 1;
         if chunk.remaining() != chunk.len() || !self.is_verified(index) {
             return None;
         }
         let (file, offset) = chunk.file_data()?;
-        let on_short = {
-            let (verified, fill, key) =
-                (self.store.verified().clone(), self.fill, self.key.clone());
-            Arc::new(move || {
-                tracing::warn!(%key, chunk = index, "chunk file shrank after it was verified; checking it again on its next read");
-                verified.revoke(fill);
-            })
-        };
-        match regions.map(file, offset, chunk.len(), on_short) {
-            Ok(Some(mapped)) => {
-                self.chunk = None;
-                Some(mapped)
-            }
-            Ok(None) => None,
+        // Once per chunk while it stays kept: the mapping owns its own descriptor.
+        let mapped = match file
+            .try_clone()
+            .and_then(|file| MappedChunk::map(file, offset, chunk.len()))
+        {
+            Ok(Some(mapped)) => Arc::new(mapped),
+            // Shorter than its data: the read path finds and reports it.
+            Ok(None) => return None,
             Err(e) => {
                 tracing::debug!(key = %self.key, chunk = index, error = %e, "mapping a chunk failed; reading it");
-                None
+                return None;
             }
-        }
+        };
+        self.chunk = None;
+        self.store
+            .verified()
+            .mapped()
+            .insert(self.fill, index, mapped.clone());
+        Some(self.register(mapped, index))
     }
 
     /// Reads the next piece of the open chunk on the blocking pool.

@@ -1,18 +1,20 @@
-//! One connection's file-backed memory: chunk data mapped read-only, each mapping registered
-//! with the file and offset it shows, so that the socket writer can send those bytes with
-//! `sendfile(2)` instead of copying them.
+//! One connection's file-backed memory: mapped chunk data handed out as `Bytes`, each
+//! mapping registered with the file and offset it shows, so that the socket writer can send
+//! those bytes with `sendfile(2)` instead of copying them.
 //!
-//! A mapping is owned by the `Bytes` it is handed out as; when the last of them is dropped
-//! (sent, or dropped with the connection), the region is unregistered and then unmapped.
+//! A registration is owned by the `Bytes` it is handed out as; when the last of them is
+//! dropped (sent, or dropped with the connection), the region is unregistered. The mapping
+//! itself is shared (`storage::MappedChunk`, kept for later hits by `storage::mapped`): it is
+//! unmapped once neither the kept record nor any registration holds it.
 
-use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
 use crate::metrics::Metrics;
+use crate::storage::MappedChunk;
 
 /// Called when the file behind a region turns out shorter than when it was mapped.
 pub type OnShort = Arc<dyn Fn() + Send + Sync>;
@@ -35,14 +37,14 @@ struct Region {
     id: usize,
     start: usize,
     end: usize,
-    file: Arc<File>,
-    offset: u64,
+    chunk: Arc<MappedChunk>,
     on_short: OnShort,
 }
 
 /// Bytes of a registered region, as the writer sends them.
 pub(super) struct FileSlice {
-    pub file: Arc<File>,
+    /// Holds the file the bytes are sent from.
+    pub chunk: Arc<MappedChunk>,
     /// Offset in `file` of the first byte.
     pub offset: u64,
     pub len: usize,
@@ -78,47 +80,35 @@ impl FileRegions {
         self.len() == 0
     }
 
-    /// `len` bytes of `file` from `offset`, mapped read-only and registered. `Ok(None)` if the
-    /// file is shorter than that (damage, for the read path to find and report) or if this
-    /// platform cannot send files. `on_short` runs if the file shrinks while mapped.
+    /// The data of `chunk` as `Bytes` registered with this connection: the writer sends
+    /// them from the chunk's file. `on_short` runs if the file turns out shorter than the
+    /// mapping when they are sent.
     ///
-    /// The bytes are meant for this connection's writer, which sends them from the file and
-    /// never reads the mapping; a consumer that did read them would get the file's bytes, or
-    /// `SIGBUS` if the file was truncated meanwhile. Chunk files are never truncated by the
-    /// proxy (they are written once, then unlinked), only by damage from outside.
-    pub fn map(
-        &self,
-        file: &File,
-        offset: u64,
-        len: u64,
-        on_short: OnShort,
-    ) -> io::Result<Option<Bytes>> {
-        if len == 0 || file.metadata()?.len() < offset.saturating_add(len) {
-            return Ok(None);
-        }
-        let Some(map) = map_read_only(file, offset, len)? else {
-            return Ok(None);
-        };
-        let start = map.as_ptr() as usize;
+    /// The bytes are meant for this connection's writer, which never reads the mapping; a
+    /// consumer that did read them would get the file's bytes, or `SIGBUS` if the file was
+    /// truncated meanwhile (see [`MappedChunk::map`]).
+    pub fn register(&self, chunk: Arc<MappedChunk>, on_short: OnShort) -> Bytes {
+        let mapping = chunk.mapping();
+        let start = mapping.as_ptr() as usize;
+        let end = start + mapping.len();
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut regions = self.registry.lock();
             regions.push(Region {
                 id,
                 start,
-                end: start + map.len(),
-                file: Arc::new(file.try_clone()?),
-                offset,
+                end,
+                chunk: chunk.clone(),
                 on_short,
             });
             self.registry.count.store(regions.len(), Ordering::Release);
         }
         self.registry.metrics.file_region_opened();
-        Ok(Some(Bytes::from_owner(Mapped {
-            map,
+        Bytes::from_owner(Registered {
+            chunk,
             registry: self.registry.clone(),
             id,
-        })))
+        })
     }
 
     /// Whether the first non-empty buffer of `bufs` is file-backed, or how many are not.
@@ -144,8 +134,8 @@ impl FileRegions {
                     return Front::Plain(i);
                 }
                 return Front::File(FileSlice {
-                    file: region.file.clone(),
-                    offset: region.offset + (at - region.start) as u64,
+                    chunk: region.chunk.clone(),
+                    offset: region.chunk.offset() + (at - region.start) as u64,
                     len: buf.len().min(region.end - at),
                     on_short: region.on_short.clone(),
                 });
@@ -166,25 +156,22 @@ impl Registry {
     }
 }
 
-/// The owner of a mapping handed out as `Bytes`.
-struct Mapped {
-    #[cfg(target_os = "linux")]
-    map: memmap2::Mmap,
-    #[cfg(not(target_os = "linux"))]
-    map: Vec<u8>,
+/// The owner of a registration handed out as `Bytes`.
+struct Registered {
+    chunk: Arc<MappedChunk>,
     registry: Arc<Registry>,
     id: usize,
 }
 
-impl AsRef<[u8]> for Mapped {
+impl AsRef<[u8]> for Registered {
     fn as_ref(&self) -> &[u8] {
-        &self.map
+        self.chunk.mapping()
     }
 }
 
-impl Drop for Mapped {
+impl Drop for Registered {
     fn drop(&mut self) {
-        // Unregistered before the fields drop (and the memory is unmapped), so no address in
+        // Unregistered before the chunk is released (and perhaps unmapped), so no address in
         // the registry ever outlives its mapping.
         let mut regions = self.registry.lock();
         regions.retain(|r| r.id != self.id);
@@ -194,44 +181,27 @@ impl Drop for Mapped {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn map_read_only(file: &File, offset: u64, len: u64) -> io::Result<Option<memmap2::Mmap>> {
-    let Ok(len) = usize::try_from(len) else {
-        return Ok(None);
-    };
-    // SAFETY: the mapping is read-only and private to this process. Its bytes go to the
-    // socket with sendfile from the file itself; the proxy never writes or truncates a chunk
-    // file once committed (it only unlinks it, which leaves the mapping valid). The length
-    // was checked against the file's size just before mapping.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .map(file)?
-    };
-    Ok(Some(map))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn map_read_only(_: &File, _: u64, _: u64) -> io::Result<Option<Vec<u8>>> {
-    Ok(None)
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::io::Write;
 
     use super::*;
 
+    fn chunk(data: &[u8], offset: u64) -> Arc<MappedChunk> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(data).unwrap();
+        let len = data.len() as u64 - offset;
+        Arc::new(
+            MappedChunk::map(file, offset, len)
+                .unwrap()
+                .expect("mapped"),
+        )
+    }
+
     #[test]
     fn mapped_bytes_are_registered_until_released() {
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(b"headerDATA-DATA-DATA").unwrap();
         let regions = FileRegions::new(Arc::new(Metrics::default()));
-        let bytes = regions
-            .map(&file, 6, 14, Arc::new(|| {}))
-            .unwrap()
-            .expect("mapped");
+        let bytes = regions.register(chunk(b"headerDATA-DATA-DATA", 6), Arc::new(|| {}));
         assert_eq!(&bytes[..], b"DATA-DATA-DATA");
         assert_eq!(regions.len(), 1);
 
@@ -255,15 +225,33 @@ mod tests {
     }
 
     #[test]
-    fn a_file_shorter_than_the_range_is_not_mapped() {
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(b"short").unwrap();
-        let regions = FileRegions::new(Arc::new(Metrics::default()));
-        assert!(regions
-            .map(&file, 2, 10, Arc::new(|| {}))
-            .unwrap()
-            .is_none());
-        assert!(regions.map(&file, 0, 0, Arc::new(|| {})).unwrap().is_none());
-        assert!(regions.is_empty());
+    fn one_kept_mapping_serves_many_registrations() {
+        let shared = chunk(b"hdrSHARED", 3);
+        let (one, two) = (
+            FileRegions::new(Arc::new(Metrics::default())),
+            FileRegions::new(Arc::new(Metrics::default())),
+        );
+        let first = one.register(shared.clone(), Arc::new(|| {}));
+        let again = one.register(shared.clone(), Arc::new(|| {}));
+        let other = two.register(shared.clone(), Arc::new(|| {}));
+        assert_eq!(
+            first.as_ptr(),
+            other.as_ptr(),
+            "the same mapping, not a new one"
+        );
+        assert_eq!((one.len(), two.len()), (2, 1));
+        drop((first, other));
+        assert_eq!((one.len(), two.len()), (1, 0));
+        match one.front(&[IoSlice::new(&again[1..])]) {
+            Front::File(slice) => assert_eq!((slice.offset, slice.len), (4, 5)),
+            Front::Plain(_) => panic!("the registration still held is found"),
+        }
+        drop(again);
+        assert!(one.is_empty());
+        assert_eq!(
+            Arc::strong_count(&shared),
+            1,
+            "registrations released the mapping"
+        );
     }
 }

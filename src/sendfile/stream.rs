@@ -40,8 +40,13 @@ impl SendfileStream {
             ready!(self.stream.poll_write_ready(cx))?;
             let sent = self.stream.try_io(tokio::io::Interest::WRITABLE, || {
                 let mut offset = slice.offset;
-                rustix::fs::sendfile(&self.stream, &*slice.file, Some(&mut offset), slice.len)
-                    .map_err(io::Error::from)
+                rustix::fs::sendfile(
+                    &self.stream,
+                    slice.chunk.file(),
+                    Some(&mut offset),
+                    slice.len,
+                )
+                .map_err(io::Error::from)
             });
             match sent {
                 Ok(0) => {
@@ -66,7 +71,7 @@ impl SendfileStream {
 
     #[cfg(not(target_os = "linux"))]
     fn send_file(&mut self, _: &mut Context<'_>, _: FileSlice) -> Poll<io::Result<usize>> {
-        // Nothing is mapped where sendfile is not used (see `FileRegions::map`).
+        // Nothing is mapped where sendfile is not used (see `MappedChunk::map`).
         Poll::Ready(Err(io::Error::other("sendfile is not supported here")))
     }
 }

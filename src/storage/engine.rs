@@ -7,7 +7,7 @@
 //! fill no valid record references is found and reclaimed on open.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,8 +16,8 @@ use tracing::warn;
 
 use super::codec;
 use super::{
-    ArtifactMeta, ArtifactStore, ChunkReader, Commit, EvictionPolicy, EvictionReport, FillId,
-    PinGuard, PinOwner, StoreError, Usage,
+    ArtifactMeta, ArtifactStore, ChunkReader, Commit, EvictionPolicy, EvictionReport, FillDeleted,
+    FillId, PinGuard, PinOwner, StoreError, Usage,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,8 @@ pub struct Engine<B: Backend> {
 struct Shared<B> {
     backend: B,
     state: Mutex<State>,
+    /// Told of each fill whose chunks were deleted.
+    deleted: OnceLock<FillDeleted>,
 }
 
 #[derive(Default)]
@@ -349,6 +351,7 @@ impl<B: Backend> Engine<B> {
             shared: Arc::new(Shared {
                 backend,
                 state: Mutex::new(State::default()),
+                deleted: OnceLock::new(),
             }),
         }
     }
@@ -438,6 +441,7 @@ impl<B: Backend> Engine<B> {
             shared: Arc::new(Shared {
                 backend,
                 state: Mutex::new(state),
+                deleted: OnceLock::new(),
             }),
         };
         engine.collect_garbage();
@@ -466,6 +470,10 @@ impl<B: Backend> Engine<B> {
         for fill in garbage {
             if let Err(e) = self.delete_fill(fill) {
                 warn!(%fill, error = %e, "could not delete fill chunks; retrying on next open");
+            }
+            // Unreadable through the store from now on, deleted or not.
+            if let Some(deleted) = self.shared.deleted.get() {
+                deleted(fill);
             }
         }
     }
@@ -775,6 +783,12 @@ impl<B: Backend> ArtifactStore for Engine<B> {
         let (dropped, _) = self.drop_original(key, None)?;
         self.collect_garbage();
         Ok(removed || dropped)
+    }
+
+    fn on_fill_deleted(&self, deleted: FillDeleted) {
+        if self.shared.deleted.set(deleted).is_err() {
+            warn!("a second listener for deleted fills was ignored");
+        }
     }
 
     fn pin(&self, fill: FillId) -> Option<PinGuard> {

@@ -24,7 +24,11 @@ impl fmt::Debug for Store {
 
 impl Store {
     pub fn new(inner: Arc<dyn ArtifactStore>) -> Self {
-        Store(inner, VerifiedChunks::default())
+        let verified = VerifiedChunks::default();
+        // A deleted fill's marks and mapped chunks can never serve again: let them go with it.
+        let record = verified.clone();
+        inner.on_fill_deleted(Arc::new(move |fill| record.revoke(fill)));
+        Store(inner, verified)
     }
 
     /// The chunks whose CRC passed since start (see [`VerifiedChunks`]).

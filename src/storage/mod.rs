@@ -10,6 +10,7 @@ mod codec;
 mod engine;
 mod error;
 mod facade;
+mod mapped;
 mod memory;
 pub mod s3;
 mod sled_store;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use chunk_reader::{Cached, ChunkReader};
 pub use error::StoreError;
 pub use facade::Store;
+pub use mapped::{MappedChunk, MappedChunks, MAPPED_CHUNKS};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 pub use tiered::{SharedStats, TieredStore};
@@ -35,6 +37,9 @@ pub use verified::{FillMarks, VerifiedChunks};
 /// Version byte that starts every value the store writes; values with another version are
 /// treated as absent so that a format change never turns into request errors.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// Told of each fill whose chunks a store deleted (see [`ArtifactStore::on_fill_deleted`]).
+pub type FillDeleted = Arc<dyn Fn(FillId) + Send + Sync>;
 
 /// Identifies one fill (one attempt at writing an artifact); never reused, even across restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -242,6 +247,13 @@ pub trait ArtifactStore: Send + Sync + 'static {
 
     /// Unpublishes `key` at once; its chunks go when no pin holds them. True if it existed.
     fn remove(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// From now on, calls `deleted` with each fill whose chunks this store deletes (removed,
+    /// evicted or replaced, once no pin holds it), so that what is kept outside the store for
+    /// that fill (chunk files kept open and mapped) goes with it. The default ignores it.
+    fn on_fill_deleted(&self, deleted: FillDeleted) {
+        let _ = deleted;
+    }
 
     /// Keeps `fill`'s chunks readable until the guard drops. `None` if the fill's chunks are
     /// already gone (or the fill never existed): look the key up again.

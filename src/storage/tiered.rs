@@ -469,6 +469,10 @@ impl<L: ArtifactStore> ArtifactStore for TieredStore<L> {
         self.local.touch_if_current(key, fill)
     }
 
+    fn on_fill_deleted(&self, deleted: super::FillDeleted) {
+        self.local.on_fill_deleted(deleted);
+    }
+
     /// Unpublishes `key` in both tiers, so the next request fetches it again.
     fn remove(&self, key: &str) -> Result<bool, StoreError> {
         let local = self.local.remove(key)?;

@@ -5,11 +5,13 @@
 //! means its chunks are checked again on their next read. Fill ids are never reused, so the
 //! marks of a fill that was purged or evicted can never vouch for another fill's bytes; what
 //! finds damage (a reader, `admin verify`) revokes the fill's marks, and readers that hold
-//! them see the revocation on their next chunk.
+//! them see the revocation on their next chunk. Revoking also drops the fill's chunks kept
+//! mapped for `sendfile` (`storage::mapped`), which only verified chunks enter.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::mapped::MappedChunks;
 use super::FillId;
 
 /// Memory the record may use, roughly (bitsets plus a per-fill overhead): 16 MiB covers
@@ -22,6 +24,7 @@ const ENTRY_OVERHEAD: u32 = 128;
 #[derive(Clone)]
 pub struct VerifiedChunks {
     fills: moka::sync::Cache<FillId, Arc<FillMarks>>,
+    mapped: MappedChunks,
 }
 
 impl Default for VerifiedChunks {
@@ -31,6 +34,7 @@ impl Default for VerifiedChunks {
                 .max_capacity(CAPACITY_BYTES)
                 .weigher(|_, marks: &Arc<FillMarks>| marks.weight())
                 .build(),
+            mapped: MappedChunks::default(),
         }
     }
 }
@@ -59,10 +63,17 @@ impl VerifiedChunks {
 
     /// Drops every mark of `fill`: its chunks are checked again when next read, including by
     /// readers that already hold the marks.
+    /// Its chunks kept mapped go too.
     pub fn revoke(&self, fill: FillId) {
         if let Some(marks) = self.fills.remove(&fill) {
             marks.revoked.store(true, Ordering::Release);
         }
+        self.mapped.forget(fill);
+    }
+
+    /// Verified chunks kept open and mapped for `sendfile`.
+    pub fn mapped(&self) -> &MappedChunks {
+        &self.mapped
     }
 }
 
