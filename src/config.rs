@@ -118,6 +118,77 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How connections are served: one shared multi-threaded runtime, or N threads each
+    /// with a runtime and a listener of its own (see `crate::workers`).
+    pub workers: Workers,
+}
+
+/// `server.workers`: `shared` (one multi-threaded runtime; every thread serves every
+/// connection), a count N (N threads, each accepting on its own `SO_REUSEPORT` listener and
+/// serving those connections on that thread only), or `auto` (one such thread per CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "WorkersValue", into = "String")]
+pub enum Workers {
+    #[default]
+    Shared,
+    Auto,
+    Count(std::num::NonZeroUsize),
+}
+
+/// What a TOML file, a flag or a variable may hold for `server.workers`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WorkersValue {
+    Count(u64),
+    Text(String),
+}
+
+impl Workers {
+    /// Threads with a listener each, or `None` for the shared runtime.
+    pub fn threads(self) -> Option<usize> {
+        match self {
+            Workers::Shared => None,
+            Workers::Auto => Some(
+                std::thread::available_parallelism()
+                    .map(std::num::NonZeroUsize::get)
+                    .unwrap_or(1),
+            ),
+            Workers::Count(n) => Some(n.get()),
+        }
+    }
+}
+
+impl TryFrom<WorkersValue> for Workers {
+    type Error = String;
+
+    fn try_from(value: WorkersValue) -> Result<Self, Self::Error> {
+        let count = match value {
+            WorkersValue::Text(text) => match text.trim() {
+                "shared" => return Ok(Workers::Shared),
+                "auto" => return Ok(Workers::Auto),
+                other => other.parse::<u64>().map_err(|_| {
+                    format!("server.workers: expected shared, auto or a count, got {other:?}")
+                })?,
+            },
+            WorkersValue::Count(count) => count,
+        };
+        usize::try_from(count)
+            .ok()
+            .filter(|&n| n <= 1024)
+            .and_then(std::num::NonZeroUsize::new)
+            .map(Workers::Count)
+            .ok_or_else(|| format!("server.workers: a count from 1 to 1024, got {count}"))
+    }
+}
+
+impl From<Workers> for String {
+    fn from(workers: Workers) -> String {
+        match workers {
+            Workers::Shared => "shared".to_owned(),
+            Workers::Auto => "auto".to_owned(),
+            Workers::Count(n) => n.to_string(),
+        }
+    }
 }
 
 /// Freshness and size of the in-memory tier and of authorization decisions.
@@ -296,6 +367,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             max_upload_bytes: ByteSize::gib(3),
             shutdown_grace: Duration::from_secs(30),
+            workers: Workers::Shared,
         }
     }
 }
@@ -818,6 +890,15 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub shutdown_grace: Option<String>,
+    /// `shared`, `auto` (a runtime and listener per CPU) or a count [default: shared].
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        env = "GITLAB_PKG_CACHE_SERVER_WORKERS",
+        value_name = "WORKERS"
+    )]
+    pub server_workers: Option<String>,
     /// Freshness of cached lists, dependency answers and spec indexes [default: 30s].
     #[arg(
         long,
@@ -1153,6 +1234,7 @@ impl Overrides {
             "server.header_read_timeout" => header_read_timeout,
             "server.max_upload_bytes" => max_upload_bytes,
             "server.shutdown_grace" => shutdown_grace,
+            "server.workers" => server_workers,
             "cache.metadata_ttl" => metadata_ttl,
             "cache.metadata_max_stale" => metadata_max_stale,
             "cache.offline_grace" => offline_grace,
@@ -1234,6 +1316,37 @@ mod tests {
             Ok(cli) => cli.overrides,
             Err(e) => panic!("arguments rejected: {e}"),
         }
+    }
+
+    #[test]
+    fn workers_are_shared_auto_or_a_count() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["--upstream", "https://gitlab.example"];
+            all.extend_from_slice(args);
+            Config::load(&parse(&all)).map(|c| c.server.workers)
+        };
+        assert_eq!(load(&[]).unwrap(), Workers::Shared);
+        assert_eq!(load(&["--server-workers", "auto"]).unwrap(), Workers::Auto);
+        let two = load(&["--server-workers", "2"]).unwrap();
+        assert_eq!(two.threads(), Some(2));
+        assert!(Workers::Auto.threads().is_some_and(|n| n >= 1));
+        assert_eq!(Workers::Shared.threads(), None);
+        for bad in ["0", "many", "100000"] {
+            let err = load(&["--server-workers", bad]).unwrap_err().to_string();
+            assert!(err.contains("server.workers"), "{bad}: {err}");
+        }
+        let file = Config::from_toml(
+            "[upstream]\nurl = \"https://gitlab.example\"\n[server]\nworkers = 3\n",
+        )
+        .unwrap();
+        assert_eq!(file.server.workers.threads(), Some(3));
+        // Printed as the file would hold it, and read back.
+        let printed = toml::to_string(&file).unwrap();
+        assert!(printed.contains("workers = \"3\""), "{printed}");
+        assert_eq!(
+            Config::from_toml(&printed).unwrap().server.workers,
+            file.server.workers
+        );
     }
 
     #[test]

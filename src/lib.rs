@@ -11,7 +11,9 @@
 //! - [`config`]: one typed tree, TOML < environment < flags.
 //! - [`telemetry`]: log set-up, the access-log event and its hand-written line, and the
 //!   log queue a writer thread empties in batches (logging never waits for the output).
-//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful drain; [`workers`]: the
+//!   same on one single-threaded runtime per worker thread, each with its own
+//!   `SO_REUSEPORT` listener (`server.workers`).
 //! - [`state`]: everything built once at start-up.
 //! - [`service`]: the request flow and `x-cache`; a dispatcher over one file per class of
 //!   route (metadata, dependency batches, artifacts, uploads, pass-through) plus the
@@ -33,7 +35,8 @@
 //!   per-connection registry of mapped chunks and the socket writer that recognises them.
 //! - [`storage`]: the artifact store (sled, or memory for tests) behind one trait, optionally
 //!   as the hot tier in front of a shared S3-compatible bucket (`storage::s3`, `TieredStore`),
-//!   and the record of chunks verified in this process (`storage::verified`).
+//!   the record of chunks verified in this process (`storage::verified`) and the verified
+//!   chunks kept open and mapped for `sendfile` (`storage::mapped`).
 //! - [`upstream`]: the pooled client towards GitLab (or an upstream gitlab-pkg-cache).
 //! - [`metrics`]: Prometheus counters; [`clock`]: restart-proof time that follows tokio's.
 //! - [`admin`]: the token-protected admin API under `/-/pkg-cache/admin/` (pins, bundles,
@@ -67,3 +70,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use gitlab_pkg_cache::config::{Cli, Command, Config, Overrides};
 use gitlab_pkg_cache::state::AppState;
-use gitlab_pkg_cache::{cli, server, telemetry};
+use gitlab_pkg_cache::{cli, server, telemetry, workers};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,10 +54,14 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = config.server.workers.threads();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers.is_some() {
+        // Connections are served on the workers' own runtimes; this one keeps the signal
+        // wait, the store's upkeep and the shutdown sequence.
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("gitlab-pkg-cache: starting the runtime: {e}");
@@ -74,6 +78,19 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         state.metrics.count_dropped_log_lines(log.dropped_lines());
+        if let Some(count) = workers {
+            let listeners = match workers::bind(listen, count) {
+                Ok(listeners) => listeners,
+                Err(e) => {
+                    tracing::error!(%listen, error = %e, "cannot listen");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let bound = listeners.first().and_then(|l| l.local_addr().ok());
+            serving(&state, bound.unwrap_or(listen));
+            workers::run(listeners, state, shutdown_signal()).await;
+            return ExitCode::SUCCESS;
+        }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -81,15 +98,20 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(
-            listen = %listener.local_addr().unwrap_or(listen),
-            upstream = %String::from(state.config.upstream_url().clone()),
-            tls = state.tls.is_some(),
-            "gitlab-pkg-cache serving"
-        );
+        serving(&state, listener.local_addr().unwrap_or(listen));
         server::run(listener, state, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+fn serving(state: &AppState, listen: std::net::SocketAddr) {
+    tracing::info!(
+        %listen,
+        upstream = %String::from(state.config.upstream_url().clone()),
+        tls = state.tls.is_some(),
+        workers = %String::from(state.config.server.workers),
+        "gitlab-pkg-cache serving"
+    );
 }
 
 /// Completes on SIGINT or SIGTERM.

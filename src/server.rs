@@ -25,6 +25,19 @@ use crate::state::AppState;
 /// Serves on `listener` until `shutdown` completes, then drains for at most
 /// `server.shutdown_grace`.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let maintenance = tokio::spawn(maintain(state.clone()));
+    let stopping = serve_listener(listener, state.clone(), shutdown).await;
+    finish(&state, stopping, maintenance).await;
+}
+
+/// Accepts and serves on `listener` (on the runtime this runs on) until `stop` completes;
+/// then stops accepting and drains those connections for at most `server.shutdown_grace`.
+/// Returns when it stopped accepting.
+pub(crate) async fn serve_listener(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    stop: impl Future<Output = ()>,
+) -> tokio::time::Instant {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -39,9 +52,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
-    let maintenance = tokio::spawn(maintain(state.clone()));
     let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -107,7 +119,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     }
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         }
     }
     drop(listener);
@@ -123,6 +135,17 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+    stopping
+}
+
+/// After every listener drained (from `stopping` on): lets fills finish within what is left
+/// of the grace, stops `maintenance`, and flushes the store.
+pub(crate) async fn finish(
+    state: &AppState,
+    stopping: tokio::time::Instant,
+    maintenance: JoinHandle<()>,
+) {
+    let grace = state.config.server.shutdown_grace;
     // Fills may outlive their callers' connections; what is left of the grace lets them
     // commit, and the rest is stopped before it can make anything visible.
     state
@@ -141,7 +164,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Background upkeep: persists use times, deletes released chunks, evicts over budget
 /// (including the free-space low-water mark, which other processes can move).
-async fn maintain(state: Arc<AppState>) {
+pub(crate) async fn maintain(state: Arc<AppState>) {
     let store = state.fills.store().clone();
     let policy = state.config.eviction_policy();
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);

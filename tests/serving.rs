@@ -949,6 +949,70 @@ async fn the_binary_drains_on_sigterm_and_never_logs_credentials() {
 }
 
 #[tokio::test]
+async fn the_binary_with_two_workers_serves_fills_and_drains_on_sigterm() {
+    let fake = gitlab().await;
+    let data = tempfile::tempdir().expect("a data directory");
+    let mut served = serve(&fake.url(), data.path(), &["--server-workers", "2"]).await;
+    let base = format!("http://{}", served.addr);
+    let zip = LIST.replace("list", "v1.0.0.zip");
+    let info = LIST.replace("list", "v1.0.0.info");
+
+    // Every request on a connection of its own: the kernel spreads them over both listeners.
+    let first = client::get(&format!("{base}{zip}"), &[]).await;
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
+    for _ in 0..20 {
+        let list = client::get(&format!("{base}{LIST}"), &[]).await;
+        assert_eq!((list.status, list.text().as_str()), (200, LIST_BODY));
+    }
+    let mut hit = false;
+    for _ in 0..50 {
+        let again = client::get(&format!("{base}{zip}"), &[]).await;
+        assert_eq!((again.status, &again.body), (200, &first.body));
+        if again.header("x-cache") == Some("hit") {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        hit,
+        "the fill committed on its worker and is served from the store"
+    );
+    assert_eq!(fake.hits(&zip), 1);
+
+    // In flight at SIGTERM: completes, and its fill is committed before the process exits.
+    let gate = Arc::new(Semaphore::new(0));
+    fake.set_fault(&info, Fault::Hold(gate.clone()));
+    let request = in_flight(format!("{base}{info}"));
+    eventually("the request reached GitLab", || fake.hits(&info) == 1).await;
+    served.terminate();
+    until_refused(&served.addr).await;
+    gate.add_permits(1);
+    let answer = request
+        .await
+        .expect("the request task")
+        .expect("the held request completes after SIGTERM");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(served.exit_code(Duration::from_secs(20)).await, Some(0));
+    let log = served.log();
+    assert!(log.contains("one runtime per worker"), "{log}");
+    assert!(log.contains("\"workers\":2"), "{log}");
+
+    // The same data directory again (shared runtime this time): both were stored.
+    let served = serve(&fake.url(), data.path(), &[]).await;
+    let base = format!("http://{}", served.addr);
+    for path in [&zip, &info] {
+        let r = client::get(&format!("{base}{path}"), &[]).await;
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (200, Some("hit")),
+            "{path}"
+        );
+    }
+    served.terminate();
+}
+
+#[tokio::test]
 async fn the_binary_exits_after_the_grace_period_even_if_a_request_hangs() {
     let fake = gitlab().await;
     fake.set_fault(LIST, Fault::Hang);
