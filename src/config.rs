@@ -129,8 +129,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "WorkersValue", into = "String")]
 pub enum Workers {
-    #[default]
     Shared,
+    #[default]
     Auto,
     Count(std::num::NonZeroUsize),
 }
@@ -367,7 +367,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             max_upload_bytes: ByteSize::gib(3),
             shutdown_grace: Duration::from_secs(30),
-            workers: Workers::Shared,
+            workers: Workers::Auto,
         }
     }
 }
@@ -890,7 +890,7 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub shutdown_grace: Option<String>,
-    /// `shared`, `auto` (a runtime and listener per CPU) or a count [default: shared].
+    /// `auto` (a runtime and listener per CPU), a count, or `shared` [default: auto].
     #[arg(
         long,
         global = true,
@@ -1325,8 +1325,11 @@ mod tests {
             all.extend_from_slice(args);
             Config::load(&parse(&all)).map(|c| c.server.workers)
         };
-        assert_eq!(load(&[]).unwrap(), Workers::Shared);
-        assert_eq!(load(&["--server-workers", "auto"]).unwrap(), Workers::Auto);
+        assert_eq!(load(&[]).unwrap(), Workers::Auto);
+        assert_eq!(
+            load(&["--server-workers", "shared"]).unwrap(),
+            Workers::Shared
+        );
         let two = load(&["--server-workers", "2"]).unwrap();
         assert_eq!(two.threads(), Some(2));
         assert!(Workers::Auto.threads().is_some_and(|n| n >= 1));

@@ -54,6 +54,7 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_open_file_limit();
     let workers = config.server.workers.threads();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if workers.is_some() {
@@ -137,3 +138,27 @@ async fn shutdown_signal() {
         let _ = interrupt.await;
     }
 }
+
+/// Lifts the soft limit on open files to the hard one, as the Go runtime does for its
+/// programs: connections and the chunk files kept open for hits share it, and the soft
+/// default of many systems (1024) is meant for programs that open few files.
+#[cfg(unix)]
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    /// What "no hard limit" is lifted to (Linux refuses an infinite open-file limit).
+    const UNLIMITED: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum.unwrap_or(UNLIMITED);
+    if limit.current.is_some_and(|current| current < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit; fewer chunk files are kept open");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() {}

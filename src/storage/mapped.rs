@@ -4,8 +4,9 @@
 //! A [`MappedChunk`] owns the open file and a read-only mapping of the chunk's data; the
 //! mapping only gives the data an address (the socket writer recognises it and sends the
 //! bytes from the file), nothing reads it, so its pages never count in the proxy's memory.
-//! [`MappedChunks`] keeps at most [`MAPPED_CHUNKS`] of them (open files, and at most
-//! 256 KiB of address space each with the default chunk size), keyed by fill and chunk
+//! [`MappedChunks`] keeps at most [`MAPPED_CHUNKS`] of them, and no more than a quarter of
+//! the open-file limit (open files, and at most 256 KiB of address space each with the
+//! default chunk size), keyed by fill and chunk
 //! index. Fill ids are never reused, so an entry can only ever show its own fill's bytes;
 //! entries go when the fill's marks are revoked (damage found) and when the store deletes
 //! the fill's chunks (purge, eviction, replacement), and a response that still holds one
@@ -74,9 +75,26 @@ pub struct MappedChunks {
 }
 
 impl Default for MappedChunks {
+    /// [`MAPPED_CHUNKS`], or a quarter of the process's open-file limit if that is less, so
+    /// that kept files never crowd out connections.
     fn default() -> Self {
-        MappedChunks::with_capacity(MAPPED_CHUNKS)
+        MappedChunks::with_capacity(capacity_within(open_file_limit()))
     }
+}
+
+/// How many chunk files to keep open under an open-file limit of `limit` (`None`: none).
+fn capacity_within(limit: Option<u64>) -> u64 {
+    limit.map_or(MAPPED_CHUNKS, |limit| (limit / 4).min(MAPPED_CHUNKS))
+}
+
+#[cfg(unix)]
+fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
 }
 
 impl MappedChunks {
@@ -149,6 +167,14 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn kept_files_stay_within_a_quarter_of_the_open_file_limit() {
+        assert_eq!(capacity_within(Some(1024)), 256);
+        assert_eq!(capacity_within(Some(1 << 20)), MAPPED_CHUNKS);
+        assert_eq!(capacity_within(None), MAPPED_CHUNKS);
+        assert_eq!(capacity_within(Some(3)), 0);
+    }
 
     fn chunk_file(data: &[u8]) -> File {
         let mut file = tempfile::tempfile().unwrap();
