@@ -275,9 +275,9 @@ async fn admin(proxy: &TestProxy, method: &str, endpoint: &str) -> Value {
     serde_json::from_slice(&response.body).unwrap_or(Value::Null)
 }
 
-#[tokio::test]
-async fn admin_verify_catches_damage_after_verification_and_drops_the_marks() {
-    let fake = gitlab().await;
+/// A proxy in front of `fake` whose admin API takes [`ADMIN_TOKEN`] (the directory holds the
+/// token file).
+async fn with_admin_token(fake: &FakeGitLab) -> (TestProxy, tempfile::TempDir) {
     let token_dir = tempfile::tempdir().expect("a directory for the token");
     let token_file = token_dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("token file");
@@ -285,6 +285,13 @@ async fn admin_verify_catches_damage_after_verification_and_drops_the_marks() {
         c.admin_token_file = Some(token_file.clone());
     })
     .await;
+    (proxy, token_dir)
+}
+
+#[tokio::test]
+async fn admin_verify_catches_damage_after_verification_and_drops_the_marks() {
+    let fake = gitlab().await;
+    let (proxy, _token_dir) = with_admin_token(&fake).await;
     let store = proxy.state.fills.store().clone();
     let (original, meta) = fill(&proxy, &big()).await;
     assert_eq!(get(&proxy, &big()).await.body, original);
@@ -337,13 +344,7 @@ fn kept_of(store: &Store, meta: &ArtifactMeta) -> u32 {
 #[tokio::test]
 async fn verified_chunks_stay_mapped_until_verify_or_purge_lets_them_go() {
     let fake = gitlab().await;
-    let token_dir = tempfile::tempdir().expect("a directory for the token");
-    let token_file = token_dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("token file");
-    let proxy = TestProxy::start_with(&fake.url(), |c| {
-        c.admin_token_file = Some(token_file.clone());
-    })
-    .await;
+    let (proxy, _token_dir) = with_admin_token(&fake).await;
     let metrics = proxy.state.metrics.clone();
     let store = proxy.state.fills.store().clone();
     let (original, meta) = fill(&proxy, &big()).await;

@@ -864,6 +864,31 @@ async fn serve(upstream: &str, data_dir: &Path, extra: &[&str]) -> Served {
     Served { child, addr, log }
 }
 
+/// Holds `path` at GitLab behind `gate`, sends SIGTERM while the request is in flight, and
+/// checks that new connections are refused, the request still completes, and the process
+/// exits 0.
+async fn sigterm_while_in_flight(
+    fake: &FakeGitLab,
+    served: &mut Served,
+    base: &str,
+    path: &str,
+    gate: Arc<Semaphore>,
+) {
+    fake.set_fault(path, Fault::Hold(gate.clone()));
+    let request = in_flight(format!("{base}{path}"));
+    eventually("the request reached GitLab", || fake.hits(path) == 1).await;
+    served.terminate();
+    until_refused(&served.addr).await;
+    assert!(!request.is_finished());
+    gate.add_permits(1);
+    let answer = request
+        .await
+        .expect("the request task")
+        .expect("the held request completes after SIGTERM");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(served.exit_code(Duration::from_secs(20)).await, Some(0));
+}
+
 impl Served {
     fn terminate(&self) {
         let pid = self.child.id().expect("still running");
@@ -922,19 +947,7 @@ async fn the_binary_drains_on_sigterm_and_never_logs_credentials() {
     // A request in flight when SIGTERM arrives completes; new connections are refused.
     let gate = Arc::new(Semaphore::new(0));
     let held = LIST.replace("list", "v1.0.0.info");
-    fake.set_fault(&held, Fault::Hold(gate.clone()));
-    let request = in_flight(format!("{base}{held}"));
-    eventually("the request reached GitLab", || fake.hits(&held) == 1).await;
-    served.terminate();
-    until_refused(&served.addr).await;
-    assert!(!request.is_finished());
-    gate.add_permits(1);
-    let answer = request
-        .await
-        .expect("the request task")
-        .expect("the held request completes after SIGTERM");
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(served.exit_code(Duration::from_secs(20)).await, Some(0));
+    sigterm_while_in_flight(&fake, &mut served, &base, &held, gate).await;
 
     let log = served.log();
     assert!(log.contains("gitlab-pkg-cache serving"), "{log}");
@@ -981,19 +994,14 @@ async fn the_binary_with_two_workers_serves_fills_and_drains_on_sigterm() {
     assert_eq!(fake.hits(&zip), 1);
 
     // In flight at SIGTERM: completes, and its fill is committed before the process exits.
-    let gate = Arc::new(Semaphore::new(0));
-    fake.set_fault(&info, Fault::Hold(gate.clone()));
-    let request = in_flight(format!("{base}{info}"));
-    eventually("the request reached GitLab", || fake.hits(&info) == 1).await;
-    served.terminate();
-    until_refused(&served.addr).await;
-    gate.add_permits(1);
-    let answer = request
-        .await
-        .expect("the request task")
-        .expect("the held request completes after SIGTERM");
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(served.exit_code(Duration::from_secs(20)).await, Some(0));
+    sigterm_while_in_flight(
+        &fake,
+        &mut served,
+        &base,
+        &info,
+        Arc::new(Semaphore::new(0)),
+    )
+    .await;
     let log = served.log();
     assert!(log.contains("one runtime per worker"), "{log}");
     assert!(log.contains("\"workers\":2"), "{log}");
