@@ -283,20 +283,32 @@ impl State {
     }
 
     fn forget(&mut self, key: &str) -> Option<Entry> {
+        let old = self.take_served(key)?;
+        self.unreference(old.fill);
+        Some(old)
+    }
+
+    /// Stops serving `key` in memory; its fill stays referenced (the caller's to settle).
+    fn take_served(&mut self, key: &str) -> Option<Entry> {
         let old = self.entries.remove(key)?;
         self.usage.artifacts -= 1;
         self.usage.bytes -= old.len;
         self.dirty_access.remove(key);
-        self.unreference(old.fill);
         Some(old)
     }
 
     /// Forgets the original kept for `key`, if any; its fill goes when no pin holds it.
     fn forget_original(&mut self, key: &str) -> Option<Entry> {
+        let old = self.take_original(key)?;
+        self.unreference(old.fill);
+        Some(old)
+    }
+
+    /// Stops holding the original of `key`; its fill stays referenced (the caller's to settle).
+    fn take_original(&mut self, key: &str) -> Option<Entry> {
         let old = self.originals.remove(key)?;
         self.originals_usage.artifacts -= 1;
         self.originals_usage.bytes -= old.len;
-        self.unreference(old.fill);
         Some(old)
     }
 
@@ -535,37 +547,29 @@ impl<B: Backend> Engine<B> {
     /// Keeps the artifact under `key` (if it still holds `only_fill`) as an original: no
     /// longer served, its bytes kept. Returns whether it moved and its length.
     fn demote(&self, key: &str, only_fill: FillId) -> Result<(bool, u64), StoreError> {
-        {
-            let mut state = self.state();
-            let Some(entry) = state.entries.get(key) else {
-                return Ok((false, 0));
-            };
-            if entry.fill != only_fill {
-                return Ok((false, 0));
-            }
-            let last_used = entry.last_used;
-            let Some(record) = self.backend().get(Tree::Artifacts, key.as_bytes())? else {
-                return Ok((false, 0));
-            };
-            // The original's record first, so a crash between the two leaves both (the
-            // original is dropped on open) rather than neither.
-            self.backend().insert(
-                Tree::Records,
-                &codec::record_key(ORIGINALS, key.as_bytes())?,
-                record.to_vec(),
-            )?;
-            self.backend().remove(Tree::Artifacts, key.as_bytes())?;
-            let Some(entry) = state.entries.remove(key) else {
-                return Ok((false, 0));
-            };
-            state.usage.artifacts -= 1;
-            state.usage.bytes -= entry.len;
-            state.dirty_access.remove(key);
-            state.keep_original(key.to_owned(), entry.fill, entry.len, last_used);
-            drop(state);
-            self.backend().remove(Tree::Access, key.as_bytes())?;
-            Ok((true, entry.len))
+        let mut state = self.state();
+        if state.entries.get(key).map(|entry| entry.fill) != Some(only_fill) {
+            return Ok((false, 0));
         }
+        let Some(record) = self.backend().get(Tree::Artifacts, key.as_bytes())? else {
+            return Ok((false, 0));
+        };
+        // The original's record first, so a crash between the two leaves both (the
+        // original is dropped on open) rather than neither.
+        self.backend().insert(
+            Tree::Records,
+            &codec::record_key(ORIGINALS, key.as_bytes())?,
+            record.to_vec(),
+        )?;
+        self.backend().remove(Tree::Artifacts, key.as_bytes())?;
+        let Some(entry) = state.take_served(key) else {
+            return Ok((false, 0));
+        };
+        let len = entry.len;
+        state.keep_original(key.to_owned(), entry.fill, len, entry.last_used);
+        drop(state);
+        self.backend().remove(Tree::Access, key.as_bytes())?;
+        Ok((true, len))
     }
 
     /// Deletes the original kept for `key` (if it still holds `only_fill`, when given).
@@ -940,10 +944,7 @@ impl<B: Backend> ArtifactStore for Engine<B> {
             self.backend()
                 .insert(Tree::Artifacts, key.as_bytes(), record.to_vec())?;
             self.backend().remove(Tree::Records, &record_key)?;
-            if let Some(entry) = state.originals.remove(key) {
-                state.originals_usage.artifacts -= 1;
-                state.originals_usage.bytes -= entry.len;
-            }
+            state.take_original(key);
             let tick = state.tick();
             state.install(key.to_owned(), meta.fill, meta.len, tick);
             state.dirty_access.insert(key.to_owned());
