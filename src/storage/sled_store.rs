@@ -314,6 +314,25 @@ mod tests {
         dir.path().join("db")
     }
 
+    /// Opens the store in `dir` again after the test dropped it. sled's background flusher
+    /// may still hold the directory's lock for a moment after the last handle is dropped, so
+    /// a refused lock is retried for a bounded time (a process restart has no such wait).
+    fn reopen(dir: &tempfile::TempDir) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(&db_path(dir), CACHE) {
+                Ok(store) => return store,
+                Err(e)
+                    if e.to_string().contains("acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn reopen_keeps_artifacts_usage_and_lru_order() {
         let (store, dir) = temp_sled();
@@ -324,7 +343,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.lookup("a").unwrap(), Some(a.clone()));
         assert_eq!(read_all(&store, &a), b"aaaa");
         assert_eq!(
@@ -365,7 +384,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.originals(""), [("v/kept".to_owned(), 6)]);
         assert!(store.lookup("v/kept").unwrap().is_none());
         assert_eq!(store.usage().bytes, 4);
@@ -374,7 +393,7 @@ mod tests {
         assert_eq!(read_all(&store, &restored), b"kkkkkk");
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.lookup("v/kept").unwrap(), Some(kept));
         assert_eq!(store.originals(""), []);
     }
@@ -389,7 +408,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.kept(), ["kept", "not-yet-stored"]);
         let nothing = EvictionPolicy {
             max_bytes: Some(0),
@@ -410,7 +429,7 @@ mod tests {
         assert_eq!(chunks_on_disk(&store, fill), 1);
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.lookup("k").unwrap(), None);
         assert_eq!(store.read_chunk(fill, 0).unwrap(), None);
         assert_eq!(chunks_on_disk(&store, fill), 0);
@@ -429,7 +448,7 @@ mod tests {
         assert_eq!(chunks_on_disk(&store, meta.fill), 2);
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(chunks_on_disk(&store, meta.fill), 0);
     }
 
@@ -451,7 +470,7 @@ mod tests {
             std::fs::write(&path, value).unwrap();
         }
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.lookup("k").unwrap(), Some(meta.clone()));
         assert_eq!(store.read_chunk(meta.fill, 0).unwrap().unwrap(), "intact");
         let err = store.read_chunk(meta.fill, 1).unwrap_err();
@@ -492,7 +511,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = SledStore::open(&db_path(&dir), CACHE).unwrap();
+        let store = reopen(&dir);
         assert_eq!(store.lookup("k").unwrap(), None);
         assert_eq!(chunks_on_disk(&store, fill), 0);
     }
